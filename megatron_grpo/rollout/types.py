@@ -1,0 +1,37 @@
+"""The rollout seam: what the trainer and evaluator need from a generation engine."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import torch
+
+from megatron_grpo.config.rollout import SamplingConfig
+
+
+@dataclass
+class Sample:
+    """One generated response."""
+
+    token_ids: list[int]          # [T] response tokens (prompt excluded)
+    logprobs: list[float]         # [T] sampler log-prob of each response token
+    text: str                     # detokenized response, special tokens skipped
+    finish_reason: Literal["stop", "length"]
+
+
+class RolloutEngine(Protocol):
+    """A generation engine holding a copy of the policy weights (vLLM here; anything with these methods)."""
+
+    def generate(self, prompts: list[list[int]], sampling: SamplingConfig, seed: int) -> list[list[Sample]]:
+        """``sampling.n`` samples per prompt; result[i][j] is sample j of prompt i."""
+        ...
+
+    def score(self, sequences: list[list[int]], prompt_lens: list[int]) -> list[list[float]]:
+        """Log-probs the engine assigns to the given tokens after each prompt (refit probe)."""
+        ...
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Replace all weights from HF-named full tensors; the prefix cache is invalidated."""
+        ...
