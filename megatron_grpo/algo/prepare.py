@@ -1,0 +1,61 @@
+"""Rollout -> TrainBatch: reward shaping, advantages, masks and rollout IS weights, once per rollout."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from megatron_grpo.algo.advantages import broadcast_to_tokens, group_advantages
+from megatron_grpo.algo.correction import mismatch_metrics, rollout_is_weights
+from megatron_grpo.algo.dapo import overlong_penalty
+from megatron_grpo.algo.loss import kl_penalty
+from megatron_grpo.algo.types import RolloutBatch, TrainBatch
+from megatron_grpo.config.algo import AlgoConfig
+
+
+def shaped_rewards(rollout: RolloutBatch, cfg: AlgoConfig, max_response_len: int,
+                   old_logprobs: Tensor | None = None, ref_logprobs: Tensor | None = None) -> Tensor:
+    """Outcome reward + DAPO overlong penalty - kl_coef * summed response KL (when KL is in the reward)."""
+    rewards = rollout.rewards.to(torch.float64)
+    if cfg.overlong_buffer:
+        rewards = rewards + overlong_penalty(rollout.response_lens, max_response_len, cfg.overlong_buffer,
+                                             cfg.overlong_penalty)
+    if cfg.kl_coef > 0 and cfg.kl_in_reward:
+        if old_logprobs is None or ref_logprobs is None:
+            raise ValueError("kl_in_reward needs old_logprobs and ref_logprobs")
+        kl = kl_penalty(old_logprobs, ref_logprobs, cfg.kl_estimator) * rollout.response_mask
+        rewards = rewards - cfg.kl_coef * kl.sum(dim=-1).to(torch.float64)
+    return rewards
+
+
+def prepare_train_batch(rollout: RolloutBatch, old_logprobs: Tensor, cfg: AlgoConfig, max_response_len: int,
+                        ref_logprobs: Tensor | None = None) -> tuple[TrainBatch, dict[str, float]]:
+    """Everything the update needs, from a scored rollout and the trainer's log-probs ``[N, L]``.
+
+    ``old_logprobs`` are the trainer's log-probs of the response tokens under the weights the rollout
+    was sampled with (PPO's pi_old); ``ref_logprobs`` only when ``kl_coef > 0``.
+    """
+    mask = rollout.response_mask
+    rewards = shaped_rewards(rollout, cfg, max_response_len, old_logprobs, ref_logprobs)
+    adv = group_advantages(rewards, rollout.group_size, cfg.advantage, cfg.adv_eps) * cfg.outcome_weight
+    if cfg.overlong_filter:
+        mask = mask & ~rollout.truncated[:, None]
+    metrics = mismatch_metrics(old_logprobs, rollout.sampler_logprobs, mask)
+    if cfg.rollout_is == "none":
+        is_weights, loss_mask = mask.to(old_logprobs.dtype), mask.to(old_logprobs.dtype)
+    else:
+        is_weights, loss_mask = rollout_is_weights(old_logprobs, rollout.sampler_logprobs, mask.to(
+            old_logprobs.dtype), cfg.rollout_is, cfg.rollout_is_threshold, reject=cfg.rollout_is_mask)
+        n_valid = max(int(mask.sum()), 1)
+        metrics["rollout_is_mean"] = float(is_weights.sum()) / n_valid
+        metrics["rollout_is_dropped_frac"] = float(mask.sum() - loss_mask.sum()) / n_valid
+    metrics.update(reward_mean=float(rollout.rewards.mean()), shaped_reward_mean=float(rewards.mean()),
+                   adv_abs_mean=float(adv.abs().mean()), overlong_masked=float(rollout.truncated.sum())
+                   if cfg.overlong_filter else 0.0)
+    batch = TrainBatch(
+        input_ids=rollout.input_ids, prompt_lens=rollout.prompt_lens, response_lens=rollout.response_lens,
+        loss_mask=loss_mask, advantages=broadcast_to_tokens(adv.to(old_logprobs.dtype), loss_mask),
+        old_logprobs=old_logprobs.detach(), is_weights=is_weights, ref_logprobs=ref_logprobs,
+        group_size=rollout.group_size,
+    )
+    return batch, metrics

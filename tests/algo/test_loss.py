@@ -1,0 +1,184 @@
+import math
+
+import pytest
+import torch
+
+from megatron_grpo.algo import LossNorm, aggregate, grpo_loss, kl_penalty, reduce_metrics
+from megatron_grpo.config.algo import LOSS_AGG_MODES, AlgoConfig
+
+L = 6
+
+
+def random_inputs(seed=0, n=7):
+    g = torch.Generator().manual_seed(seed)
+    lens = torch.tensor([0, 1, L] + torch.randint(0, L + 1, (n - 3,), generator=g).tolist())
+    mask = (torch.arange(L)[None, :] < lens[:, None]).double()
+    old = -torch.rand(n, L, generator=g, dtype=torch.float64) * 3
+    delta = torch.randn(n, L, generator=g, dtype=torch.float64) * 0.3
+    delta[3, :] = torch.tensor([8.0, -8.0, 0.25, -0.25, 3.0, -3.0])  # extreme ratios
+    adv = torch.randn(n, generator=g, dtype=torch.float64)[:, None].expand(n, L).clone()
+    adv[4] = 0.0
+    return {
+        "logprobs": old + delta, "old": old, "adv": adv * mask, "mask": mask,
+        "ref": old + torch.randn(n, L, generator=g, dtype=torch.float64) * 0.5,
+        "entropy": torch.rand(n, L, generator=g, dtype=torch.float64) * 2,
+        "is_w": torch.rand(n, L, generator=g, dtype=torch.float64) * 2,
+    }
+
+
+def naive_token_loss(lp, old, a, low, high, dual):
+    r = math.exp(lp - old)
+    loss = max(-a * r, -a * min(max(r, 1 - low), 1 + high))
+    if dual is not None and a < 0:
+        loss = min(loss, -a * dual)
+    return loss
+
+
+def naive_aggregate(values, mask, mode, max_len):
+    """Loops over the whole mini-batch: the definition the partial sums must reproduce."""
+    seqs = []
+    for vr, mr in zip(values, mask, strict=True):
+        seqs.append((sum(v for v, m in zip(vr, mr, strict=True) if m), sum(mr)))
+    seqs = [(s, n) for s, n in seqs if n > 0]
+    tokens = sum(n for _, n in seqs)
+    if mode == "token-mean":
+        return sum(s for s, _ in seqs) / tokens
+    if mode == "seq-mean-token-sum":
+        return sum(s for s, _ in seqs) / len(seqs)
+    if mode == "seq-mean-token-mean":
+        return sum(s / n for s, n in seqs) / len(seqs)
+    return sum(s for s, _ in seqs) / (len(seqs) * max_len)
+
+
+def norm_of(mask, max_len=L):
+    return LossNorm.from_counts(LossNorm.counts([mask]), max_len)
+
+
+@pytest.mark.parametrize("mode", LOSS_AGG_MODES)
+@pytest.mark.parametrize("dual", [None, 3.0])
+def test_grpo_loss_matches_naive(mode, dual):
+    x = random_inputs()
+    cfg = AlgoConfig(loss_agg_mode=mode, clip_ratio_low=0.2, clip_ratio_high=0.28, dual_clip=dual,
+                     kl_coef=0.1, entropy_coef=0.01)
+    loss, metrics = grpo_loss(x["logprobs"], x["old"], x["adv"], x["mask"], norm_of(x["mask"]), cfg,
+                              is_weights=x["is_w"], entropy=x["entropy"], ref_logprobs=x["ref"])
+    n = x["mask"].shape[0]
+    pg = [[x["is_w"][i, t].item() * naive_token_loss(x["logprobs"][i, t].item(), x["old"][i, t].item(),
+                                                      x["adv"][i, t].item(), 0.2, 0.28, dual)
+           for t in range(L)] for i in range(n)]
+    kl = [[math.exp(x["ref"][i, t] - x["logprobs"][i, t]) - 1 - (x["ref"][i, t] - x["logprobs"][i, t]).item()
+           for t in range(L)] for i in range(n)]
+    mask = x["mask"].tolist()
+    want = (naive_aggregate(pg, mask, mode, L) + 0.1 * naive_aggregate(kl, mask, mode, L)
+            - 0.01 * naive_aggregate(x["entropy"].tolist(), mask, mode, L))
+    assert float(loss) == pytest.approx(want, rel=1e-10)
+    assert float(metrics["pg_loss"]) == pytest.approx(naive_aggregate(pg, mask, mode, L), rel=1e-10)
+
+
+def test_metrics_match_naive():
+    x = random_inputs(seed=3)
+    cfg = AlgoConfig(clip_ratio_low=0.2, clip_ratio_high=0.28, dual_clip=3.0)
+    _, m = grpo_loss(x["logprobs"], x["old"], x["adv"], x["mask"], norm_of(x["mask"]), cfg)
+    low = high = dual = kl = rsum = 0.0
+    rmax, tokens = 0.0, 0
+    for i in range(x["mask"].shape[0]):
+        for t in range(L):
+            if not x["mask"][i, t]:
+                continue
+            lr = (x["logprobs"][i, t] - x["old"][i, t]).item()
+            r, a = math.exp(lr), x["adv"][i, t].item()
+            tokens += 1
+            low += a < 0 and r < 0.8
+            high += a > 0 and r > 1.28
+            dual += a < 0 and r > 3.0
+            kl += r - 1 - lr
+            rsum += r
+            rmax = max(rmax, r)
+    assert float(m["clip_frac_low"]) == pytest.approx(low / tokens)
+    assert float(m["clip_frac_high"]) == pytest.approx(high / tokens)
+    assert float(m["dual_clip_frac"]) == pytest.approx(dual / tokens)
+    assert float(m["approx_kl"]) == pytest.approx(kl / tokens)
+    assert float(m["ratio_mean"]) == pytest.approx(rsum / tokens)
+    assert float(m["ratio_max"]) == pytest.approx(rmax)
+
+
+@pytest.mark.parametrize("mode", LOSS_AGG_MODES)
+def test_partial_sums_add_up_over_micro_batches(mode):
+    x = random_inputs(seed=1, n=9)
+    cfg = AlgoConfig(loss_agg_mode=mode)
+    norm = norm_of(x["mask"])
+    full, full_m = grpo_loss(x["logprobs"], x["old"], x["adv"], x["mask"], norm, cfg)
+    parts = [grpo_loss(x["logprobs"][s], x["old"][s], x["adv"][s], x["mask"][s], norm, cfg)
+             for s in (slice(0, 2), slice(2, 3), slice(3, 9))]
+    assert float(sum(p[0] for p in parts)) == pytest.approx(float(full), rel=1e-12)
+    reduced = reduce_metrics(p[1] for p in parts)
+    for key, value in full_m.items():
+        assert reduced[key] == pytest.approx(float(value), rel=1e-12, abs=1e-15), key
+
+
+def test_aggregation_normalizers_by_hand():
+    values = torch.tensor([[1.0, 2.0, 9.0], [5.0, 5.0, 5.0], [1.0, 1.0, 1.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])  # lens 2, 0 (empty), 3
+    norm = LossNorm.from_counts(LossNorm.counts([mask]), max_len=4)
+    assert (norm.tokens, norm.seqs) == (5.0, 2.0)
+    assert float(aggregate(values, mask, "token-mean", norm)) == pytest.approx(6 / 5)
+    assert float(aggregate(values, mask, "seq-mean-token-sum", norm)) == pytest.approx(6 / 2)
+    assert float(aggregate(values, mask, "seq-mean-token-mean", norm)) == pytest.approx((3 / 2 + 3 / 3) / 2)
+    assert float(aggregate(values, mask, "seq-mean-token-sum-norm", norm)) == pytest.approx(6 / (2 * 4))
+    with pytest.raises(ValueError, match="token-avg"):
+        aggregate(values, mask, "token-avg", norm)
+
+
+def test_all_masked_batch_gives_zero_loss():
+    norm = LossNorm.from_counts(torch.zeros(2), max_len=4)
+    loss = aggregate(torch.ones(2, 3), torch.zeros(2, 3), "token-mean", norm)
+    assert float(loss) == 0.0
+
+
+@pytest.mark.parametrize("mode", LOSS_AGG_MODES)
+def test_gradcheck(mode):
+    x = random_inputs(seed=2, n=5)
+    x["logprobs"][3] = x["old"][3] + torch.tensor([1.1, -1.1, 0.05, -0.05, 0.7, -0.7])  # away from the kinks
+    cfg = AlgoConfig(loss_agg_mode=mode, clip_ratio_high=0.28, dual_clip=2.5, kl_coef=0.2, entropy_coef=0.05)
+    norm = norm_of(x["mask"])
+
+    def f(lp, ent):
+        return grpo_loss(lp, x["old"], x["adv"], x["mask"], norm, cfg, is_weights=x["is_w"], entropy=ent,
+                         ref_logprobs=x["ref"])[0]
+
+    inputs = (x["logprobs"].clone().requires_grad_(), x["entropy"].clone().requires_grad_())
+    assert torch.autograd.gradcheck(f, inputs)
+
+
+@pytest.mark.parametrize("est", ["k1", "k2", "k3"])
+def test_kl_estimators_naive_and_grad(est):
+    lp = torch.tensor([-1.0, -2.0, -0.1], dtype=torch.float64, requires_grad=True)
+    ref = torch.tensor([-1.5, -1.0, -0.1], dtype=torch.float64)
+    got = kl_penalty(lp, ref, est).detach()
+    for i in range(3):
+        d = (lp[i] - ref[i]).item()
+        want = {"k1": d, "k2": d * d / 2, "k3": math.exp(-d) - 1 + d}[est]
+        assert float(got[i]) == pytest.approx(want)
+    assert torch.autograd.gradcheck(lambda a: kl_penalty(a, ref, est), (lp,))
+    if est == "k3":
+        assert (got >= 0).all()
+
+
+def test_missing_inputs_are_named():
+    x = random_inputs()
+    norm = norm_of(x["mask"])
+    with pytest.raises(ValueError, match="ref_logprobs"):
+        grpo_loss(x["logprobs"], x["old"], x["adv"], x["mask"], norm, AlgoConfig(kl_coef=0.1))
+    with pytest.raises(ValueError, match="entropy"):
+        grpo_loss(x["logprobs"], x["old"], x["adv"], x["mask"], norm, AlgoConfig(entropy_coef=0.1))
+
+
+def test_huge_log_ratio_stays_finite():
+    lp = torch.tensor([[60.0, -60.0]], dtype=torch.float64, requires_grad=True)
+    zeros, mask = torch.zeros(1, 2, dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64)
+    cfg = AlgoConfig(dual_clip=3.0, kl_coef=1.0)
+    adv = torch.tensor([[1.0, -1.0]])
+    loss, m = grpo_loss(lp, zeros, adv, mask, norm_of(mask, 2), cfg, ref_logprobs=zeros)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(lp.grad).all()
+    assert float(m["ratio_max"]) == pytest.approx(math.exp(20))
