@@ -29,13 +29,17 @@ _UNIT_WORDS = (
 _TEXT_AND = re.compile(r"\\text\s*\{\s*and\s*\}")
 # Unit words need a space before them: "2m" may be 2 times m, "2 m" is two metres.
 _TRAILING_UNIT_WORDS = re.compile(r"(?<=[\d}])(?:\s+(?:" + "|".join(_UNIT_WORDS) + r")\b)+\.?$")
+_THIN_SPACE_GROUPING = re.compile(r"(?<=\d)\\[,!;:](?=\d{3}(?!\d))")  # 3\,159 is 3159
 _SPACING = re.compile(r"\\[,:;! ]|\\q?quad\b|\\displaystyle|~")
 _LEFT_RIGHT = re.compile(r"\\(?:left|right|big|Big|bigg|Bigg)(?![a-zA-Z])\.?")
 _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\degree\b")
-_FRAC_SHORTHAND = re.compile(r"\\frac(\d)(\d)")
-_SQRT_SHORTHAND = re.compile(r"\\sqrt(\d+)")
-_WHITESPACE_NOT_BETWEEN_LETTERS = re.compile(r"(?<![a-zA-Z])\s+|\s+(?![a-zA-Z])")
-_VARIABLE_PREFIX = re.compile(r"^(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?[a-zA-Z0-9]+\}?)?(?:=|\\in(?![a-zA-Z]))")
+_FRAC_SHORTHAND = re.compile(r"\\frac\s*(\d)\s*(\d)")
+_SQRT_SHORTHAND = re.compile(r"\\sqrt\s*(\d+)")
+# A space between two letters/digits separates tokens ("\log_2 8", "\pi r"); elsewhere it is layout.
+_LAYOUT_SPACE = re.compile(r"(?<![a-zA-Z0-9])\s+|\s+(?![a-zA-Z0-9])")
+_VARIABLE_PREFIX = re.compile(
+    r"^(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?[a-zA-Z0-9]+\}?)?(?:\([a-z]\))?(?:=|\\in(?![a-zA-Z]))"
+)
 _CHOICE = re.compile(r"^\(([A-Ea-e])\)$")
 _THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _INTEGER = re.compile(r"^[+-]?\d+$")
@@ -86,19 +90,21 @@ def _strip_markup(answer: str) -> str:
     text = text.replace("\\$", "").replace("$", "").replace("\\%", "").replace("%", "")
     text = text.replace("{,}", ",").replace("\\{", "\\lbrace ").replace("\\}", "\\rbrace ")
     text = _TEXT_AND.sub(",", text)
-    text = _SPACING.sub(" ", text)
+    text = _SPACING.sub(" ", _THIN_SPACE_GROUPING.sub("", text))
     text = _LEFT_RIGHT.sub("", text)
     text = _DEGREES.sub("", text)
     text = _TRAILING_TEXT_UNIT.sub("", text)
     text = _unwrap(text).replace("\\lbrace", "\\{").replace("\\rbrace", "\\}")
     text = _TRAILING_UNIT_WORDS.sub("", text.strip())
-    text = _WHITESPACE_NOT_BETWEEN_LETTERS.sub("", text)
+    text = _LAYOUT_SPACE.sub("", text)
     text = re.sub(r"\\[dt]frac", r"\\frac", text)
     text = _FRAC_SHORTHAND.sub(r"\\frac{\1}{\2}", text)
     text = _SQRT_SHORTHAND.sub(r"\\sqrt{\1}", text)
     text = _strip_ends(text)
     if _THOUSANDS.match(text):
         text = text.replace(",", "")
+    if text.startswith("{") and text.endswith("}") and _outer_group_spans(text):
+        text = text[1:-1]
     choice = _CHOICE.match(text)
     return choice.group(1) if choice else text
 
@@ -119,6 +125,16 @@ def _unwrap(text: str) -> str:
             break
         text = unwrapped
     return text
+
+
+def _outer_group_spans(text: str) -> bool:
+    """Whether the brace opened at ``text[0]`` closes at the last character (``{3}``, not ``{a}{b}``)."""
+    depth = 0
+    for i, char in enumerate(text):
+        depth += (char == "{") - (char == "}")
+        if depth == 0:
+            return i == len(text) - 1
+    return False
 
 
 def _strip_ends(text: str) -> str:
