@@ -1,0 +1,78 @@
+"""Evaluation runner: eval sets -> rollout engine -> grader -> metrics.
+
+The grader and the answer key are parameters, so the runner works with any reward implementation
+and the tests use a fake engine; the answer key defaults to ``megatron_grpo.reward``'s extraction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from megatron_grpo.config.data import DataConfig, EvalConfig
+from megatron_grpo.config.rollout import SamplingConfig
+from megatron_grpo.data.dataset import PromptDataset, build_dataset
+from megatron_grpo.data.readers import read_records
+from megatron_grpo.data.templates import ChatTokenizer
+from megatron_grpo.eval.metrics import EvalMetrics, ProblemOutcome, summarize
+from megatron_grpo.reward import extract_answer, normalize_answer
+from megatron_grpo.rollout.types import RolloutEngine
+
+Grade = Callable[[list[str], list[str]], list[bool]]   # (responses, ground truths) -> correct, same length
+AnswerKey = Callable[[str], str | None]                # response -> normalized final answer (None: none)
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    name: str
+    dataset: PromptDataset   # prompts tokenized exactly like the training prompts
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    metrics: EvalMetrics
+    outcomes: list[ProblemOutcome]   # one per problem, sets in order
+
+
+def default_answer_key(response: str) -> str | None:
+    """maj@k voting key: the reward's extracted final answer, normalized."""
+    answer = extract_answer(response)
+    return None if answer is None else normalize_answer(answer)
+
+
+def load_eval_sets(cfg: EvalConfig, data_cfg: DataConfig, tokenizer: ChatTokenizer) -> list[EvalSet]:
+    """The configured sets, first ``cfg.max_problems`` of each, with the data section's prompt format.
+    Bad rows always reject an eval file, and no prompt is dropped for length: the numbers must be over
+    the whole set."""
+    sets = []
+    for s in cfg.sets:
+        records, _ = read_records(Path(s.path), "reject", default_source=s.name)
+        dataset, _ = build_dataset(records[:cfg.max_problems], tokenizer, data_cfg)
+        sets.append(EvalSet(s.name, dataset))
+    return sets
+
+
+def evaluate(engine: RolloutEngine, eval_sets: list[EvalSet], sampling: SamplingConfig, *, k: int,
+             grade: Grade, answer_key: AnswerKey = default_answer_key, seed: int = 0) -> EvalResult:
+    """Generate ``sampling.n`` samples per problem of every set in one engine call, grade them, and
+    summarize with pass@/maj@ up to ``k`` (k <= sampling.n)."""
+    if k > sampling.n:
+        raise ValueError(f"eval k={k} exceeds the samples per problem rollout.val.n={sampling.n}")
+    items = [(s.name, item) for s in eval_sets for item in s.dataset.items]
+    samples = engine.generate([item.prompt_ids for _, item in items], sampling, seed)
+    if len(samples) != len(items) or any(len(group) != sampling.n for group in samples):
+        raise RuntimeError(f"engine returned {[len(g) for g in samples]} samples for {len(items)} prompts "
+                           f"x n={sampling.n}")
+    responses = [s.text for group in samples for s in group]
+    truths = [item.record.ground_truth for _, item in items for _ in range(sampling.n)]
+    correct = grade(responses, truths)
+    outcomes = [
+        ProblemOutcome(
+            set_name=name, index=item.record.index,
+            correct=[bool(c) for c in correct[i * sampling.n:(i + 1) * sampling.n]],
+            answers=[answer_key(r) for r in responses[i * sampling.n:(i + 1) * sampling.n]],
+        )
+        for i, (name, item) in enumerate(items)
+    ]
+    return EvalResult(summarize(outcomes, k), outcomes)

@@ -1,0 +1,76 @@
+"""evaluate() over a fake rollout engine: prompts sent, samples graded, metrics per set."""
+
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from megatron_grpo.config import DataConfig, EvalConfig, EvalSetConfig, SamplingConfig
+from megatron_grpo.data import BOXED_SUFFIX
+from megatron_grpo.eval import default_answer_key, evaluate, load_eval_sets
+from megatron_grpo.rollout.types import Sample
+
+SHARED = Path(__file__).parents[2].parent / "shared" / "data"
+
+
+class FakeEngine:
+    """Answers problem i of the prompts it gets correctly in its first ``i % (n + 1)`` samples."""
+
+    def __init__(self):
+        self.calls = []
+
+    def generate(self, prompts, sampling, seed):
+        self.calls.append((prompts, sampling, seed))
+        answers = [["RIGHT" if j < i % (sampling.n + 1) else f"w{j % 2}" for j in range(sampling.n)]
+                   for i in range(len(prompts))]
+        return [[Sample([1], [0.0], f"... so \\boxed{{{a}}}", "stop") for a in row] for row in answers]
+
+
+def grade(responses, truths):
+    """Stand-in grader: correct when the boxed answer is RIGHT (the fake engine knows no math)."""
+    return [r.endswith("{RIGHT}") for r in responses]
+
+
+@pytest.fixture(scope="module")
+def eval_sets():
+    tokenizer = AutoTokenizer.from_pretrained(SHARED / "tokenizer" / "qwen3")
+    cfg = EvalConfig(sets=[EvalSetConfig("aime24", str(SHARED / "eval" / "aime24.jsonl")),
+                           EvalSetConfig("amc23", str(SHARED / "eval" / "amc23.jsonl"))], max_problems=5)
+    return load_eval_sets(cfg, DataConfig(prompt_template="boxed"), tokenizer), tokenizer
+
+
+def test_eval_sets_use_the_training_prompt_format(eval_sets):
+    sets, tokenizer = eval_sets
+    assert [(s.name, len(s.dataset)) for s in sets] == [("aime24", 5), ("amc23", 5)]
+    first = sets[0].dataset[0]
+    assert first.record.ground_truth == "204" and first.record.data_source == "aime24"
+    assert tokenizer.decode(first.prompt_ids) == (
+        f"<|im_start|>user\n{first.record.problem}{BOXED_SUFFIX}<|im_end|>\n"
+        "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    )
+
+
+def test_evaluate_grades_every_sample_and_summarizes_per_set(eval_sets):
+    sets, _ = eval_sets
+    engine, sampling = FakeEngine(), SamplingConfig(n=4, temperature=0.7, top_p=0.95)
+    result = evaluate(engine, sets, sampling, k=4, grade=grade, seed=11)
+    [(prompts, used, seed)] = engine.calls
+    assert prompts == [it.prompt_ids for s in sets for it in s.dataset.items]
+    assert used is sampling and seed == 11
+    # problem i (over both sets) has i % 5 correct samples of 4: 0,1,2,3,4 then again 0,1,2,3,4
+    assert [sum(o.correct) for o in result.outcomes] == [0, 1, 2, 3, 4] * 2
+    right, w0, w1 = (default_answer_key(f"\\boxed{{{a}}}") for a in ("RIGHT", "w0", "w1"))
+    assert result.outcomes[1].answers == [right, w1, w0, w1] and len({right, w0, w1}) == 3
+    per_problem_mean = [c / 4 for c in (0, 1, 2, 3, 4)]
+    m = result.metrics
+    assert m.per_set["aime24"]["mean@4"] == pytest.approx(sum(per_problem_mean) / 5)
+    assert m.per_set["amc23"]["pass@4"] == pytest.approx(4 / 5)
+    # votes per problem: 0 RIGHT -> wrong; 1 RIGHT vs 2 w1 -> wrong; 2, 3, 4 RIGHT -> right
+    assert m.per_set["aime24"]["maj@4"] == m.per_set["amc23"]["maj@4"] == pytest.approx(3 / 5)
+    assert m.problems == {"aime24": 5, "amc23": 5} and m.overall == pytest.approx(m.macro)
+
+
+def test_k_above_samples_is_refused(eval_sets):
+    sets, _ = eval_sets
+    with pytest.raises(ValueError, match="exceeds the samples per problem"):
+        evaluate(FakeEngine(), sets, SamplingConfig(n=2), k=4, grade=grade)
