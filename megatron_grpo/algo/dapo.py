@@ -47,6 +47,8 @@ def dynamic_sampling(generate: Callable[[int], RolloutBatch], target_groups: int
     last round are cut, keeping the first ones. After ``max_tries`` rounds it stops with a warning and
     returns what it has, so a hard stretch of data slows a run down instead of stalling it.
     """
+    if max_tries < 1 or target_groups < 1:
+        raise ValueError(f"max_tries and target_groups must be >= 1, got {max_tries}, {target_groups}")
     kept: list[RolloutBatch] = []
     n_kept = seen = 0
     for tries in range(1, max_tries + 1):
