@@ -11,9 +11,9 @@ from pathlib import Path
 
 from megatron_grpo.config.algo import AlgoConfig
 from megatron_grpo.config.data import DataConfig, EvalConfig, EvalSetConfig
-from megatron_grpo.config.reward import RewardConfig
 from megatron_grpo.config.loader import ConfigError, apply_overrides, dump_yaml, from_dict, read_yaml, to_dict
 from megatron_grpo.config.policy import ModelConfig, OptimizerConfig, ParallelConfig
+from megatron_grpo.config.reward import RewardConfig
 from megatron_grpo.config.rollout import RolloutConfig, SamplingConfig
 from megatron_grpo.config.trainer import CheckpointConfig, LoggingConfig, TrainerConfig
 

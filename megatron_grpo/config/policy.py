@@ -59,6 +59,8 @@ class ParallelConfig:
 
 @dataclass(frozen=True)
 class OptimizerConfig:
+    """AdamW with decoupled weight decay (verl's default optimizer)."""
+
     lr: float = 1e-6
     """Peak learning rate (reference: 1e-6)."""
     min_lr: float = 0.0

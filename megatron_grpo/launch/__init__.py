@@ -1,0 +1,123 @@
+"""Process placement: who am I, who are my peers, and the Megatron parallel groups.
+
+Works as a single process, under ``torchrun`` (RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT) and
+under ``srun`` with one task per GPU (SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID + MASTER_ADDR/PORT).
+torchrun variables win when both are present, since torchrun re-exports them per worker.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from megatron_grpo.config import ConfigError, ParallelConfig
+from megatron_grpo.platform import dist_backend, has_cuda, setup_platform
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    master_addr: str
+    master_port: int
+    source: str  # "torchrun", "slurm" or "single"
+
+
+def _int(env: Mapping[str, str], key: str) -> int:
+    try:
+        return int(env[key])
+    except ValueError:
+        raise ConfigError(f"environment variable {key}={env[key]!r} is not an integer") from None
+
+
+def dist_env(env: Mapping[str, str] | None = None) -> DistEnv:
+    """Read the launch environment and check it is consistent."""
+    env = os.environ if env is None else env
+    addr = env.get("MASTER_ADDR", "127.0.0.1")
+    if "RANK" in env or "WORLD_SIZE" in env:
+        missing = [k for k in ("RANK", "WORLD_SIZE") if k not in env]
+        if missing:
+            raise ConfigError(f"torchrun environment incomplete: {missing[0]} is not set")
+        rank, world = _int(env, "RANK"), _int(env, "WORLD_SIZE")
+        local = _int(env, "LOCAL_RANK") if "LOCAL_RANK" in env else rank
+        source = "torchrun"
+    elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        rank, world = _int(env, "SLURM_PROCID"), _int(env, "SLURM_NTASKS")
+        local = _int(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env else 0
+        source = "slurm"
+        if world > 1 and "MASTER_ADDR" not in env:
+            raise ConfigError("Slurm launch with several tasks needs MASTER_ADDR (see slurm/env.sh)")
+    else:
+        return DistEnv(0, 1, 0, addr, _free_port(), "single")
+    port = _int(env, "MASTER_PORT") if "MASTER_PORT" in env else 29500
+    if world < 1 or not 0 <= rank < world:
+        raise ConfigError(f"{source} environment inconsistent: rank {rank} not in [0, world size {world})")
+    if not 0 <= local <= rank:
+        raise ConfigError(f"{source} environment inconsistent: local rank {local} > rank {rank}")
+    return DistEnv(rank, world, local, addr, port, source)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(par: ParallelConfig, seed: int, env: DistEnv | None = None) -> DistEnv:
+    """Start torch.distributed and Megatron's parallel groups; seed every RNG."""
+    setup_platform()
+    env = env or dist_env()
+    if has_cuda():
+        torch.cuda.set_device(env.local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend=dist_backend(par.backend),
+            init_method=f"tcp://{env.master_addr}:{env.master_port}",
+            rank=env.rank,
+            world_size=env.world_size,
+            timeout=timedelta(minutes=30),
+        )
+    if env.world_size % (par.tensor * par.pipeline):
+        raise ConfigError(
+            f"parallel: world size {env.world_size} is not divisible by tensor x pipeline = {par.tensor * par.pipeline}"
+        )
+    from megatron.core import parallel_state as ps
+
+    if not ps.model_parallel_is_initialized():
+        ps.initialize_model_parallel(
+            tensor_model_parallel_size=par.tensor,
+            pipeline_model_parallel_size=par.pipeline,
+            virtual_pipeline_model_parallel_size=par.virtual_pipeline,
+        )
+    seed_everything(seed)
+    return env
+
+
+def seed_everything(seed: int) -> None:
+    """Same seed on every rank: Megatron's CPU init builds full weights then slices, so TP ranks agree."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if has_cuda():
+        from megatron.core import tensor_parallel
+
+        tensor_parallel.model_parallel_cuda_manual_seed(seed)
+
+
+def shutdown() -> None:
+    from megatron.core import parallel_state as ps
+
+    if ps.model_parallel_is_initialized():
+        ps.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,178 @@
+"""Build the Megatron-Core policy: TransformerConfig, layer spec, GPTModel chunks, DDP, optimizer.
+
+``transformer_config`` is the only place a ``TransformerConfig`` is made. The layer spec is chosen in
+``layer_spec``: Transformer Engine on GPU when importable, Megatron's local layers otherwise.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state as ps
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+from megatron.core.models.gpt import GPTModel
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.optimizer import OptimizerConfig as MegatronOptimizerConfig
+from megatron.core.optimizer import get_megatron_optimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+from megatron.core.transformer import TransformerConfig
+from megatron.core.transformer.spec_utils import ModuleSpec
+
+from megatron_grpo.config import ConfigError, ModelConfig, OptimizerConfig, ParallelConfig
+from megatron_grpo.model.arch import ModelArch
+from megatron_grpo.platform import has_cuda
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:
+    """Embedding rows Megatron allocates: vocab rounded up to a multiple of divisible_by * TP."""
+    multiple = divisible_by * tp
+    return -(-vocab_size // multiple) * multiple
+
+
+def use_transformer_engine(model_cfg: ModelConfig) -> bool:
+    if model_cfg.transformer_impl == "local":
+        return False
+    try:
+        import transformer_engine  # noqa: F401
+    except ImportError:
+        available = False
+    else:
+        available = has_cuda()
+    if model_cfg.transformer_impl == "transformer_engine" and not available:
+        raise ConfigError("model.transformer_impl: transformer_engine requested but TE/CUDA is not available")
+    return available
+
+
+def layer_spec(arch: ModelArch, model_cfg: ModelConfig) -> ModuleSpec:
+    if use_transformer_engine(model_cfg):
+        from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
+
+        return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=arch.qk_layernorm)
+    return get_gpt_layer_local_spec(qk_layernorm=arch.qk_layernorm, normalization="RMSNorm")
+
+
+def transformer_config(arch: ModelArch, model_cfg: ModelConfig, par: ParallelConfig) -> TransformerConfig:
+    dtype = DTYPES[model_cfg.dtype]
+    gpu = has_cuda()
+    recompute = {}
+    if model_cfg.recompute == "full":
+        recompute = dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
+    elif model_cfg.recompute == "selective":
+        recompute = dict(recompute_granularity="selective")
+    return TransformerConfig(
+        num_layers=arch.num_layers,
+        hidden_size=arch.hidden_size,
+        num_attention_heads=arch.num_attention_heads,
+        num_query_groups=arch.num_query_groups,
+        kv_channels=arch.head_dim,
+        ffn_hidden_size=arch.ffn_hidden_size,
+        normalization="RMSNorm",
+        layernorm_epsilon=arch.norm_eps,
+        qk_layernorm=arch.qk_layernorm,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        init_method_std=arch.init_std,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        bf16=dtype is torch.bfloat16,
+        fp16=dtype is torch.float16,
+        tensor_model_parallel_size=par.tensor,
+        pipeline_model_parallel_size=par.pipeline,
+        virtual_pipeline_model_parallel_size=par.virtual_pipeline,
+        sequence_parallel=par.sequence_parallel,
+        # Loss functions normalise by GLOBAL token counts themselves; Megatron must not rescale.
+        calculate_per_token_loss=True,
+        # Packed micro-batches differ in length; PP exchanges shapes first.
+        variable_seq_lengths=True,
+        moe_token_dispatcher_type="alltoall",  # dense model; the default "allgather" rejects variable lengths
+        use_cpu_initialization=not gpu,
+        # Fused kernels need CUDA (and TE/apex); off on CPU.
+        gradient_accumulation_fusion=False,
+        masked_softmax_fusion=gpu,
+        bias_activation_fusion=gpu,
+        bias_dropout_fusion=gpu,
+        apply_rope_fusion=False,
+        persist_layer_norm=False,
+        # CPU: gloo has no batched isend/irecv sync semantics ("batch_p2p_sync" hangs).
+        batch_p2p_sync=gpu,
+        **recompute,
+    )
+
+
+def build_model(arch: ModelArch, model_cfg: ModelConfig, par: ParallelConfig) -> list[GPTModel]:
+    """One GPTModel per virtual-pipeline chunk held by this rank (a single chunk without VPP)."""
+    config = transformer_config(arch, model_cfg, par)
+    spec = layer_spec(arch, model_cfg)
+    vocab = padded_vocab_size(arch.vocab_size, model_cfg.make_vocab_size_divisible_by, par.tensor)
+    chunks = []
+    for vp in range(par.virtual_pipeline or 1):
+        vp_stage = vp if par.virtual_pipeline else None
+        model = GPTModel(
+            config=config,
+            transformer_layer_spec=spec,
+            vocab_size=vocab,
+            max_sequence_length=arch.max_position_embeddings,
+            pre_process=ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
+            post_process=ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
+            share_embeddings_and_output_weights=arch.tie_word_embeddings,
+            position_embedding_type="rope",
+            rotary_base=int(arch.rope_theta),
+            vp_stage=vp_stage,
+        )
+        if has_cuda():
+            model.cuda(torch.cuda.current_device())
+        chunks.append(model)
+    return chunks
+
+
+def wrap_ddp(chunks: list[GPTModel], par: ParallelConfig) -> list[DistributedDataParallel]:
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=False,
+        use_distributed_optimizer=par.distributed_optimizer,
+    )
+    return [
+        DistributedDataParallel(config=c.config, ddp_config=ddp_config, module=c, disable_bucketing=i > 0)
+        for i, c in enumerate(chunks)
+    ]
+
+
+def build_optimizer(model: list[DistributedDataParallel], optim: OptimizerConfig, model_cfg: ModelConfig,
+                    par: ParallelConfig, total_steps: int):
+    """Megatron optimizer (distributed when configured) and its LR/WD scheduler."""
+    dtype = DTYPES[model_cfg.dtype]
+    config = MegatronOptimizerConfig(
+        optimizer="adam",
+        lr=optim.lr,
+        min_lr=optim.min_lr,
+        weight_decay=optim.weight_decay,
+        adam_beta1=optim.adam_beta1,
+        adam_beta2=optim.adam_beta2,
+        adam_eps=optim.adam_eps,
+        clip_grad=optim.grad_clip,
+        bf16=dtype is torch.bfloat16,
+        fp16=dtype is torch.float16,
+        params_dtype=dtype,
+        use_distributed_optimizer=par.distributed_optimizer,
+    )
+    optimizer = get_megatron_optimizer(config, model)
+    scheduler = OptimizerParamScheduler(
+        optimizer,
+        init_lr=0.0 if optim.warmup_steps else optim.lr,
+        max_lr=optim.lr,
+        min_lr=optim.min_lr if optim.lr_schedule == "cosine" else optim.lr,
+        lr_warmup_steps=optim.warmup_steps,
+        lr_decay_steps=max(total_steps, optim.warmup_steps + 1),
+        lr_decay_style=optim.lr_schedule,
+        start_wd=optim.weight_decay,
+        end_wd=optim.weight_decay,
+        wd_incr_steps=max(total_steps, 1),
+        wd_incr_style="constant",
+    )
+    return optimizer, scheduler

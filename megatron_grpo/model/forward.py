@@ -1,0 +1,154 @@
+"""Forward/backward over packed micro-batches through Megatron's pipeline schedules.
+
+Micro-batches are right-padded ``[b, L]`` token tensors. With right padding the plain causal mask is
+exact for every real token (a real token never attends to a later pad), so no padding mask is needed;
+pads are excluded by the loss mask. (Megatron's THD ``PackedSeqParams`` needs TE/flash attention,
+which the CPU local spec does not have.)
+
+A ``LossFn(logprobs [b, L], batch) -> (loss, metrics)`` must return a loss already normalised by the
+GLOBAL counts of the mini-batch, so summing micro-batches and DP ranks yields the full gradient;
+Megatron is configured (``calculate_per_token_loss``) not to rescale it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as ps
+from megatron.core.distributed import finalize_model_grads
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+from megatron_grpo.model.logprobs import token_entropy, token_logprobs
+
+Batch = dict[str, torch.Tensor]
+LossFn = Callable[[torch.Tensor, Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+def _causal_mask(length: int, device: torch.device) -> torch.Tensor:
+    return torch.triu(torch.ones(length, length, dtype=torch.bool, device=device), diagonal=1)[None, None]
+
+
+def _pad_to_multiple(tokens: torch.Tensor, multiple: int) -> torch.Tensor:
+    pad = -tokens.shape[1] % multiple
+    return torch.nn.functional.pad(tokens, (0, pad)) if pad else tokens
+
+
+def _forward_step(vocab_size: int, temperature: float, loss_fn: LossFn | None, with_entropy: bool,
+                  data_iterator, model):
+    batch = next(data_iterator)
+    tokens = batch["tokens"]
+    length = tokens.shape[1]
+    # Sequence parallelism splits the sequence over TP ranks: pad to a multiple of TP, trim after.
+    padded = _pad_to_multiple(tokens, ps.get_tensor_model_parallel_world_size())
+    positions = torch.arange(padded.shape[1], device=padded.device).expand_as(padded)
+    output = model(padded, positions, _causal_mask(padded.shape[1], padded.device))
+    return output, partial(_loss_step, batch, length, vocab_size, temperature, loss_fn, with_entropy)
+
+
+def _loss_step(batch: Batch, length: int, vocab_size: int, temperature: float, loss_fn: LossFn | None,
+               with_entropy: bool, logits: torch.Tensor):
+    logits = logits[:, :length]
+    targets = torch.roll(batch["tokens"], shifts=-1, dims=1)  # position t predicts token t+1
+    logprobs = token_logprobs(logits, targets, vocab_size, temperature)
+    extras = {"logprobs": logprobs.detach()}
+    if with_entropy:
+        extras["entropy"] = token_entropy(logits, vocab_size, temperature)
+    if loss_fn is None:
+        return logprobs.sum() * 0.0, torch.tensor(1), extras
+    loss, metrics = loss_fn(logprobs, batch)
+    return loss, torch.tensor(1), {**metrics, **extras, "loss": loss.detach()}
+
+
+def run_micro_batches(model: list, micro_batches: list[Batch], vocab_size: int, temperature: float,
+                      loss_fn: LossFn | None, with_entropy: bool = False) -> list[dict[str, torch.Tensor]]:
+    """Forward (and backward when ``loss_fn`` is given) over all micro-batches; per-micro-batch outputs
+    on the last pipeline stage, an empty list elsewhere."""
+    step = partial(_forward_step, vocab_size, temperature, loss_fn, with_entropy)
+    chunks = len(model)
+    iterators = [iter(micro_batches) for _ in range(chunks)]
+    return get_forward_backward_func()(
+        forward_step_func=step,
+        data_iterator=iterators if chunks > 1 else iterators[0],
+        model=model,
+        num_microbatches=len(micro_batches),
+        seq_length=max(mb["tokens"].shape[1] for mb in micro_batches),
+        micro_batch_size=max(mb["tokens"].shape[0] for mb in micro_batches),
+        forward_only=loss_fn is None,
+    )
+
+
+def forward_logprobs(model: list, micro_batches: list[Batch], vocab_size: int, temperature: float = 1.0,
+                     with_entropy: bool = False) -> list[Batch]:
+    """Per-token log-probs (and entropy) of every micro-batch, on every rank of the pipeline."""
+    with torch.no_grad():
+        outputs = run_micro_batches(model, micro_batches, vocab_size, temperature, None, with_entropy)
+    keys = ("logprobs", "entropy") if with_entropy else ("logprobs",)
+    result = []
+    for i, mb in enumerate(micro_batches):
+        shape = mb["tokens"].shape
+        item = {}
+        for key in keys:
+            tensor = outputs[i][key] if outputs else torch.empty(shape, dtype=torch.float32)
+            item[key] = broadcast_from_last_stage(tensor.contiguous())
+        result.append(item)
+    return result
+
+
+def broadcast_from_last_stage(tensor: torch.Tensor) -> torch.Tensor:
+    if ps.get_pipeline_model_parallel_world_size() > 1:
+        dist.broadcast(tensor, src=ps.get_pipeline_model_parallel_last_rank(),
+                       group=ps.get_pipeline_model_parallel_group())
+    return tensor
+
+
+def train_micro_batches(model: list, optimizer, micro_batches: list[Batch], vocab_size: int,
+                        temperature: float, loss_fn: LossFn) -> tuple[dict[str, float], bool, float]:
+    """One optimizer step over ``micro_batches``: zero grads, forward/backward, sync grads, step.
+
+    Returns (summed metrics, whether the update was applied, grad norm). Metrics are summed over
+    micro-batches and DP ranks, which is the global value for globally normalised quantities.
+    """
+    for chunk in model:
+        chunk.zero_grad_buffer()
+    optimizer.zero_grad()
+    outputs = run_micro_batches(model, micro_batches, vocab_size, temperature, loss_fn)
+    finalize_model_grads(model)  # DP grad all-reduce/reduce-scatter, tied-embedding and SP norm grads
+    grads_finite = _grads_finite(model)
+    if grads_finite:
+        applied, grad_norm, _ = optimizer.step()
+    else:
+        applied, grad_norm = False, float("nan")
+    return _reduce_metrics(outputs), bool(applied), float(grad_norm if grad_norm is not None else 0.0)
+
+
+def _grads_finite(model: list) -> bool:
+    """True when every gradient on every rank is finite (checked before the optimizer touches them)."""
+    bad = torch.zeros(1)
+    for chunk in model:
+        for p in chunk.parameters():
+            grad = getattr(p, "main_grad", None)
+            if grad is not None and not torch.isfinite(grad).all():
+                bad += 1
+                break
+    dist.all_reduce(bad)
+    return bad.item() == 0
+
+
+def _reduce_metrics(outputs: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    sums: dict[str, float] = {}
+    for out in outputs:
+        for key, value in out.items():
+            if key not in ("logprobs", "entropy"):
+                sums[key] = sums.get(key, 0.0) + float(value.detach().double().sum())
+    if ps.get_pipeline_model_parallel_world_size() > 1:
+        box = [sums]
+        dist.broadcast_object_list(box, src=ps.get_pipeline_model_parallel_last_rank(),
+                                   group=ps.get_pipeline_model_parallel_group())
+        sums = box[0]
+    names = sorted(sums)
+    values = torch.tensor([sums[k] for k in names], dtype=torch.float64)
+    dist.all_reduce(values, group=ps.get_data_parallel_group())
+    return dict(zip(names, values.tolist(), strict=True))

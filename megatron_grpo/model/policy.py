@@ -1,0 +1,55 @@
+"""The Megatron-Core policy as the trainer sees it: log-probs, one optimizer step, weights out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import torch
+
+from megatron_grpo.config import ModelConfig, OptimizerConfig, ParallelConfig
+from megatron_grpo.convert.weights import load_hf_weights, stage_hf_tensors
+from megatron_grpo.model.arch import ModelArch
+from megatron_grpo.model.builder import DTYPES, build_model, build_optimizer, padded_vocab_size, wrap_ddp
+from megatron_grpo.model.forward import Batch, LossFn, forward_logprobs, train_micro_batches
+
+
+class MegatronPolicy:
+    """GPTModel chunks of this rank wrapped in DDP, with the (distributed) optimizer and LR schedule."""
+
+    def __init__(self, arch: ModelArch, model_cfg: ModelConfig, parallel: ParallelConfig,
+                 optim: OptimizerConfig, total_steps: int, hf_weights: Mapping[str, torch.Tensor] | None = None):
+        self.arch = arch
+        self.dtype = DTYPES[model_cfg.dtype]
+        chunks = build_model(arch, model_cfg, parallel)
+        if hf_weights is not None:
+            # Before DDP/optimizer: they copy parameters into their own buffers / fp32 masters.
+            padded = padded_vocab_size(arch.vocab_size, model_cfg.make_vocab_size_divisible_by, parallel.tensor)
+            load_hf_weights(chunks, arch, hf_weights, padded)
+        self.model = wrap_ddp(chunks, parallel)
+        self.optimizer, self.scheduler = build_optimizer(self.model, optim, model_cfg, parallel, total_steps)
+
+    def logprobs(self, micro_batches: list[Batch], temperature: float = 1.0,
+                 with_entropy: bool = False) -> list[Batch]:
+        for chunk in self.model:
+            chunk.eval()
+        return forward_logprobs(self.model, micro_batches, self.arch.vocab_size, temperature, with_entropy)
+
+    def train_step(self, micro_batches: list[Batch], loss_fn: LossFn,
+                   temperature: float = 1.0) -> tuple[dict[str, float], bool, float]:
+        """(metrics summed over micro-batches and DP ranks, update applied, grad norm)."""
+        for chunk in self.model:
+            chunk.train()
+        metrics, applied, grad_norm = train_micro_batches(
+            self.model, self.optimizer, micro_batches, self.arch.vocab_size, temperature, loss_fn
+        )
+        if applied:
+            self.scheduler.step(increment=1)
+        return metrics, applied, grad_norm
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def hf_tensors(self, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """This pipeline stage's weights as full HF-named tensors (collective over TP)."""
+        return stage_hf_tensors(self.model, self.arch, dtype)

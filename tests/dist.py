@@ -1,0 +1,53 @@
+"""Run a function on N gloo processes (torch.multiprocessing spawn) and collect each rank's result."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import traceback
+
+import torch
+import torch.multiprocessing as mp
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, fn, args, queue) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    try:
+        # Serialise to bytes: tensors sent through a torch queue live in shared memory that
+        # disappears when this process exits, before the parent reads them.
+        buf = io.BytesIO()
+        torch.save(fn(*args), buf)
+        queue.put((rank, buf.getvalue(), None))
+    except BaseException:  # report every failure to the parent, including assertion errors
+        queue.put((rank, None, traceback.format_exc()))
+
+
+def run_distributed(fn, world_size: int, *args, timeout: float = 300.0) -> list:
+    """``fn(*args)`` on every rank (env set for ``launch.dist_env``); returns results by rank."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_worker, args=(r, world_size, port, fn, args, queue)) for r in range(world_size)]
+    for p in procs:
+        p.start()
+    results = {}
+    try:
+        for _ in range(world_size):
+            rank, value, err = queue.get(timeout=timeout)
+            if err:  # peers may now block in a collective: stop them all at once
+                raise AssertionError(f"rank {rank} failed:\n{err}")
+            results[rank] = torch.load(io.BytesIO(value), weights_only=False)
+    finally:
+        for p in procs:
+            p.join(timeout=30 if len(results) == world_size else 0)
+            if p.is_alive():
+                p.kill()
+    return [results[r] for r in range(world_size)]
