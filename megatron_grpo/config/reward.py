@@ -3,24 +3,48 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from megatron_grpo.config.loader import ConfigError
 
 
 @dataclass(frozen=True)
 class RewardConfig:
-    incorrect_score: float = 0.0
-    """Score of a wrong or missing answer (DAPO uses -1.0; reference 0.0)."""
     correct_score: float = 1.0
+    """Score of a correct final answer (reference: 1.0)."""
+    incorrect_score: float = 0.0
+    """Score of a wrong or missing answer, and of a response whose grading timed out (DAPO uses -1.0;
+    reference 0.0)."""
+    fallback: Literal["none", "last_number"] = "none"
+    """Without an ``Answer:`` line or ``\\boxed{}``: no answer (reference), or the last number in the
+    response (for tasks whose model answers with a bare number, like the tiny CPU demo)."""
     timeout_s: float = 5.0
-    """Per-response grading time limit; a response that exceeds it scores incorrect."""
+    """Per-response grading time limit; a response that exceeds it scores incorrect (OPD's sympy: 5 s)."""
     workers: int | None = None
     """Grading processes (``None`` = min(4, cpu count))."""
+    start_method: Literal["forkserver", "spawn"] = "forkserver"
+    """How grading processes start; never 'fork', which is unsafe in the threaded trainer process."""
     tail_chars: int = 4096
-    """Only the last N characters of a response are searched for the answer."""
+    """Only the last N characters of a response are searched for the answer (verl math_dapo: 300)."""
 
     def validate(self) -> None:
-        if self.timeout_s <= 0 or self.tail_chars < 1:
-            raise ConfigError("timeout_s must be > 0 and tail_chars >= 1")
-        if self.workers is not None and self.workers < 1:
-            raise ConfigError(f"workers: must be >= 1, got {self.workers}")
+        _check_positive_limits(self)
+        _check_scores(self)
+
+
+def _check_positive_limits(cfg: RewardConfig) -> None:
+    if cfg.timeout_s <= 0:
+        raise ConfigError(f"timeout_s: must be > 0, got {cfg.timeout_s}")
+    if cfg.tail_chars < 1:
+        raise ConfigError(f"tail_chars: must be >= 1, got {cfg.tail_chars}")
+    if cfg.workers is not None and cfg.workers < 1:
+        raise ConfigError(f"workers: must be >= 1, got {cfg.workers}")
+
+
+def _check_scores(cfg: RewardConfig) -> None:
+    if cfg.correct_score <= cfg.incorrect_score:
+        raise ConfigError(
+            f"correct_score ({cfg.correct_score}) must exceed incorrect_score ({cfg.incorrect_score})"
+        )
+    if cfg.fallback not in ("none", "last_number"):
+        raise ConfigError(f"fallback: must be 'none' or 'last_number', got {cfg.fallback!r}")

@@ -1,0 +1,198 @@
+"""A persistent pool of grading processes with a time limit per call.
+
+``concurrent.futures.ProcessPoolExecutor`` cannot do this: it has no per-task timeout and a worker that dies
+breaks the whole executor. Here each worker owns one pipe; the parent sends it a chunk of calls and reads
+one result per call, so it knows which call is running and since when. A worker past its deadline is
+killed and replaced, its current call is reported as ``TIMEOUT`` and the rest of its chunk goes back to the
+queue; a worker that dies (segfault, ``os._exit``, OOM kill) is handled the same way, as ``CRASH``.
+
+Workers are started with 'forkserver' (default) or 'spawn', never 'fork': the trainer process has torch and
+gloo threads, and forking a threaded process can deadlock the child. Start-up (importing sympy) is paid once
+per worker, when the pool is built or a worker is replaced, never per call.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any, Literal
+
+StartMethod = Literal["forkserver", "spawn"]
+TIMEOUT = "timeout"
+CRASH = "crash"
+ERROR = "error"
+_READY = "ready"
+_MAX_CHUNK = 32
+_PRELOAD = ["megatron_grpo.reward"]
+
+
+@dataclass(frozen=True)
+class Call:
+    """One function call to run in a worker; ``fn`` must be a module-level function (pickled by name)."""
+
+    key: int
+    fn: Callable[..., float]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def default_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+class WorkerPool:
+    """``run(calls)`` returns, per call, its float result or ``TIMEOUT`` / ``CRASH`` / ``ERROR``."""
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        *,
+        timeout_s: float = 5.0,
+        start_method: StartMethod = "forkserver",
+        startup_timeout_s: float = 120.0,
+    ) -> None:
+        if start_method not in ("forkserver", "spawn"):
+            raise ValueError(f"start_method: 'forkserver' or 'spawn' (not 'fork'), got {start_method!r}")
+        self.timeout_s = timeout_s
+        self.startup_timeout_s = startup_timeout_s
+        self._ctx = mp.get_context(start_method)
+        if start_method == "forkserver":
+            self._ctx.set_forkserver_preload(_PRELOAD)
+        self._workers = [_Worker(self._ctx) for _ in range(workers or default_workers())]
+        self._finalizer = weakref.finalize(self, _shutdown, self._workers)
+        self._await_ready()
+
+    @property
+    def size(self) -> int:
+        return len(self._workers)
+
+    def pids(self) -> list[int]:
+        return [w.process.pid for w in self._workers]
+
+    def run(self, calls: Sequence[Call]) -> dict[int, float | str]:
+        """Results keyed by ``Call.key``; every call gets one, whatever happens to the workers."""
+        queue = deque(calls)
+        results: dict[int, float | str] = {}
+        chunk = max(1, min(_MAX_CHUNK, math.ceil(len(queue) / (4 * self.size))))
+        while queue or any(w.pending for w in self._workers):
+            for worker in self._workers:
+                if worker.ready and not worker.pending and queue:
+                    worker.submit([queue.popleft() for _ in range(min(chunk, len(queue)))])
+            self._wait_for_progress(queue, results)
+        return results
+
+    def close(self) -> None:
+        self._finalizer()
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _await_ready(self) -> None:
+        while not all(w.ready for w in self._workers):
+            self._wait_for_progress(deque(), {})
+
+    def _wait_for_progress(self, queue: deque[Call], results: dict[int, float | str]) -> None:
+        """Block until a result arrives, a worker starts, or the earliest deadline passes; then act on it."""
+        active = [w for w in self._workers if w.pending or not w.ready]
+        deadlines = [w.started_at + self.timeout_s for w in active if w.pending]
+        timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else self.startup_timeout_s
+        wait([w.conn for w in active], timeout=timeout)
+        for worker in active:
+            outcome = worker.drain(results)
+            if not worker.ready and time.monotonic() > worker.started_at + self.startup_timeout_s:
+                raise RuntimeError(f"a reward worker did not start within {self.startup_timeout_s} s")
+            if outcome is None and worker.pending and time.monotonic() > worker.started_at + self.timeout_s:
+                outcome = TIMEOUT
+            if outcome is not None:
+                self._replace(worker, outcome, queue, results)
+
+    def _replace(
+        self, worker: _Worker, outcome: str, queue: deque[Call], results: dict[int, float | str]
+    ) -> None:
+        """Report the worker's current call as ``outcome``, requeue the rest of its chunk, start a new one."""
+        if worker.pending:
+            results[worker.pending.popleft().key] = outcome
+            queue.extendleft(reversed(worker.pending))
+        elif not worker.ready:
+            raise RuntimeError(f"a reward worker died during start-up ({outcome}); see its stderr")
+        worker.kill()
+        self._workers[self._workers.index(worker)] = _Worker(self._ctx)
+
+
+class _Worker:
+    """One process and the parent's view of it: the calls sent and not yet answered, oldest first."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_serve, args=(child,), daemon=True, name="reward-worker")
+        self.process.start()
+        child.close()
+        self.ready = False
+        self.pending: deque[Call] = deque()
+        self.started_at = time.monotonic()
+
+    def submit(self, calls: list[Call]) -> None:
+        self.conn.send([(c.fn, c.args, c.kwargs) for c in calls])
+        self.pending.extend(calls)
+        self.started_at = time.monotonic()
+
+    def drain(self, results: dict[int, float | str]) -> str | None:
+        """Read every available message; ``CRASH`` when the process is gone, else ``None``."""
+        try:
+            while self.conn.poll():
+                message = self.conn.recv()
+                if message == _READY:
+                    self.ready = True
+                    continue
+                results[self.pending.popleft().key] = message
+                self.started_at = time.monotonic()  # the next call's clock starts now
+        except (EOFError, OSError):
+            return CRASH
+        return None
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.join()
+        self.conn.close()
+
+
+def _shutdown(workers: list[_Worker]) -> None:
+    for worker in workers:
+        try:
+            worker.conn.send(None)
+        except (OSError, ValueError):
+            pass
+    for worker in workers:
+        worker.process.join(timeout=1.0)
+        if worker.process.is_alive():
+            worker.kill()
+
+
+def _serve(conn: Connection) -> None:
+    """Worker main loop: one result message per call, in order."""
+    import megatron_grpo.reward  # noqa: F401 - registers the built-in rewards, pays the sympy import now
+
+    conn.send(_READY)
+    while True:
+        try:
+            batch = conn.recv()
+        except EOFError:
+            return
+        if batch is None:
+            return
+        for fn, args, kwargs in batch:
+            try:
+                result: float | str = float(fn(*args, **kwargs))
+            except Exception:  # a buggy reward function must not take the worker down
+                result = ERROR
+            conn.send(result)
