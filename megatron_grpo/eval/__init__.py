@@ -3,6 +3,7 @@
 Trainer use::
 
     eval_sets = load_eval_sets(cfg.eval, cfg.data, tokenizer)                 # once, at startup
+    grade = grade_with(reward_scorer, cfg.reward.correct_score)                   # the run's RewardScorer
     result = evaluate(engine, eval_sets, cfg.rollout.val, k=cfg.eval.k, grade=grade, seed=cfg.eval.seed)
     logger.log(result.metrics.flat("eval"), step)
     write_report(result.metrics, result.outcomes, run_dir / "eval", f"step_{step:06d}")
@@ -23,13 +24,15 @@ from megatron_grpo.eval.runner import (
     EvalResult,
     EvalSet,
     Grade,
+    Scorer,
     default_answer_key,
     evaluate,
+    grade_with,
     load_eval_sets,
 )
 
 __all__ = [
-    "AnswerKey", "EvalMetrics", "EvalResult", "EvalSet", "Grade", "ProblemOutcome", "default_answer_key",
-    "evaluate", "load_eval_sets", "maj_at_k", "pass_at_k", "problem_metrics", "report_ks", "summarize",
+    "AnswerKey", "EvalMetrics", "EvalResult", "EvalSet", "Grade", "ProblemOutcome", "Scorer", "default_answer_key",
+    "evaluate", "grade_with", "load_eval_sets", "maj_at_k", "pass_at_k", "problem_metrics", "report_ks", "summarize",
     "to_json", "to_markdown", "write_report",
 ]

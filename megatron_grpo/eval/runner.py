@@ -6,9 +6,10 @@ and the tests use a fake engine; the answer key defaults to ``megatron_grpo.rewa
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from megatron_grpo.config.data import DataConfig, EvalConfig
 from megatron_grpo.config.rollout import SamplingConfig
@@ -21,6 +22,21 @@ from megatron_grpo.rollout.types import RolloutEngine
 
 Grade = Callable[[list[str], list[str]], list[bool]]   # (responses, ground truths) -> correct, same length
 AnswerKey = Callable[[str], str | None]                # response -> normalized final answer (None: none)
+
+
+class Scorer(Protocol):
+    """What ``grade_with`` needs of the reward's batch scorer (``megatron_grpo.reward``'s RewardScorer)."""
+
+    def score(self, responses: Sequence[str], ground_truths: Sequence[str],
+              data_sources: str | Sequence[str]) -> list[float]: ...
+
+
+def grade_with(scorer: Scorer, correct_score: float = 1.0, data_source: str = "math") -> Grade:
+    """A ``Grade`` from the run's reward scorer: a sample is correct when it earns ``correct_score``
+    (reward.correct_score). Every eval set is graded as ``data_source`` so set names need no registration."""
+    def grade(responses: list[str], ground_truths: list[str]) -> list[bool]:
+        return [s >= correct_score for s in scorer.score(responses, ground_truths, data_source)]
+    return grade
 
 
 @dataclass(frozen=True)

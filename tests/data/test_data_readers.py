@@ -122,10 +122,10 @@ def test_too_long_prompts_are_dropped_and_counted(tmp_path, tokenizer):
     kwargs = {"tokenize": True, "add_generation_prompt": True, "enable_thinking": False}
     lengths = [len(tokenizer.apply_chat_template(_chat(p + BOXED_SUFFIX), **kwargs)["input_ids"])
                for p in problems]
-    limit = 60
+    limit = max(lengths[0], lengths[3])   # a prompt of exactly max_prompt_length tokens is kept
     dataset, report = load_train_dataset(cfg, tokenizer, max_prompt_length=limit)
     expected = [p for p, n in zip(problems, lengths, strict=True) if n <= limit]
     assert [it.record.problem for it in dataset.items] == expected == ["What is 1+1?", "Is 2 prime?"]
     assert [len(it.prompt_ids) for it in dataset.items] == [n for n in lengths if n <= limit]
     assert (report.rows_read, len(report.bad_rows), report.too_long, report.kept) == (5, 1, 2, 2)
-    assert "2 prompts too long > 60 tokens dropped" in report.summary()
+    assert f"2 prompts too long > {limit} tokens dropped" in report.summary()

@@ -7,7 +7,7 @@ from transformers import AutoTokenizer
 
 from megatron_grpo.config import DataConfig, EvalConfig, EvalSetConfig, SamplingConfig
 from megatron_grpo.data import BOXED_SUFFIX
-from megatron_grpo.eval import default_answer_key, evaluate, load_eval_sets
+from megatron_grpo.eval import default_answer_key, evaluate, grade_with, load_eval_sets
 from megatron_grpo.rollout.types import Sample
 
 SHARED = Path(__file__).parents[2].parent / "shared" / "data"
@@ -74,3 +74,19 @@ def test_k_above_samples_is_refused(eval_sets):
     sets, _ = eval_sets
     with pytest.raises(ValueError, match="exceeds the samples per problem"):
         evaluate(FakeEngine(), sets, SamplingConfig(n=2), k=4, grade=grade)
+
+
+class FakeScorer:
+    def __init__(self):
+        self.sources = []
+
+    def score(self, responses, ground_truths, data_sources):
+        self.sources.append(data_sources)
+        return [1.0 if r.endswith(f"{{{t}}}") else -1.0 for r, t in zip(responses, ground_truths, strict=True)]
+
+
+def test_grade_with_a_reward_scorer():
+    scorer = FakeScorer()
+    grade = grade_with(scorer, correct_score=1.0)
+    assert grade(["\\boxed{3}", "\\boxed{4}", "none"], ["3", "3", "3"]) == [True, False, False]
+    assert scorer.sources == ["math"]
