@@ -8,6 +8,7 @@ from transformers import AutoTokenizer
 from megatron_grpo.config import DataConfig, EvalConfig, EvalSetConfig, SamplingConfig
 from megatron_grpo.data import BOXED_SUFFIX
 from megatron_grpo.eval import default_answer_key, evaluate, grade_with, load_eval_sets
+from megatron_grpo.reward.scorer import RewardScorer
 from megatron_grpo.rollout.types import Sample
 
 SHARED = Path(__file__).parents[2].parent / "shared" / "data"
@@ -90,3 +91,22 @@ def test_grade_with_a_reward_scorer():
     grade = grade_with(scorer, correct_score=1.0)
     assert grade(["\\boxed{3}", "\\boxed{4}", "none"], ["3", "3", "3"]) == [True, False, False]
     assert scorer.sources == ["math"]
+
+
+class OracleEngine:
+    """Sample 0 states the ground truth, sample 1 a wrong number, as the real grader must tell apart."""
+
+    def __init__(self, eval_sets):
+        self.truth = {tuple(it.prompt_ids): it.record.ground_truth for s in eval_sets for it in s.dataset.items}
+
+    def generate(self, prompts, sampling, seed):
+        return [[Sample([1], [0.0], f"Thus \\boxed{{{a}}}.", "stop")
+                 for a in (self.truth[tuple(p)], int(self.truth[tuple(p)]) + 1)] for p in prompts]
+
+
+def test_evaluate_with_the_real_reward_scorer(eval_sets):
+    sets, _ = eval_sets
+    with RewardScorer(workers=1, timeout_s=10.0) as scorer:
+        result = evaluate(OracleEngine(sets), sets, SamplingConfig(n=2), k=2, grade=grade_with(scorer))
+    assert all(o.correct == [True, False] for o in result.outcomes)
+    assert result.metrics.overall == {"mean@2": 0.5, "pass@1": 0.5, "pass@2": 1.0, "maj@1": 0.5, "maj@2": 0.5}
