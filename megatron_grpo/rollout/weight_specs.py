@@ -1,0 +1,138 @@
+"""What a weight update into the rollout engine must contain, checked tensor by tensor (no vLLM here).
+
+The trainer streams HF-named full tensors (``model.layers.0.self_attn.q_proj.weight``) in byte-bounded
+buckets. Two facts shape this module:
+
+* A bad tensor must be caught before the engine touches its weights, so every name, shape and dtype
+  is checked against the HF parameter set of the model, derived once from its config on the meta
+  device (no memory). ``check_manifest`` checks a whole update up front.
+* vLLM fuses some HF tensors into one module (q/k/v -> ``qkv_proj``, gate/up -> ``gate_up_proj``) and
+  its in-place reload processes a module once per call: every tensor of a module (all fused parts,
+  weight and bias) must arrive in the same call, or the ones it did not see are left unset.
+  ``WeightStream`` holds back the tensors of a module until all arrived, so a bucket boundary may
+  fall anywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AutoModelForCausalLM, PretrainedConfig
+
+Shape = tuple[int, ...]
+WeightSpec = tuple[Shape, torch.dtype]
+
+
+class WeightMismatchError(ValueError):
+    """A weight update does not fit the engine's model; the message names the tensor."""
+
+
+@dataclass(frozen=True)
+class ModelWeights:
+    """The HF parameters an update must provide, and how the engine groups them when loading."""
+
+    specs: dict[str, WeightSpec]
+    """Required HF name -> (shape, dtype), one entry per distinct parameter."""
+    aliases: dict[str, str] = field(default_factory=dict)
+    """Tied copy -> the parameter it shares (``lm_head.weight`` -> ``model.embed_tokens.weight``): accepted,
+    checked against the shared parameter's spec and dropped."""
+    units: dict[str, str] = field(default_factory=dict)
+    """HF name -> the engine module it loads into; tensors of one module are loaded together."""
+
+    def unit_sizes(self) -> dict[str, int]:
+        sizes: dict[str, int] = {}
+        for name in self.specs:
+            unit = self.units[name]
+            sizes[unit] = sizes.get(unit, 0) + 1
+        return sizes
+
+
+def hf_weight_specs(
+    config: PretrainedConfig, dtype: torch.dtype
+) -> tuple[dict[str, WeightSpec], dict[str, str]]:
+    """Parameters of the transformers model for ``config`` (built on the meta device) and its tied aliases."""
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    specs: dict[str, WeightSpec] = {}
+    aliases: dict[str, str] = {}
+    first_name: dict[int, str] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        owner = first_name.setdefault(id(param), name)
+        if owner == name:
+            specs[name] = (tuple(param.shape), param.dtype)
+        else:
+            aliases[name] = owner
+    return specs, aliases
+
+
+def fused_units(names: Iterable[str], packed_modules: Mapping[str, list[str]]) -> dict[str, str]:
+    """HF name -> the engine module it loads into (``...k_proj.weight`` -> ``...qkv_proj``)."""
+    part_to_fused = {part: fused for fused, parts in packed_modules.items() for part in parts}
+    units = {}
+    for name in names:
+        module = name.rpartition(".")[0].split(".")
+        units[name] = ".".join(part_to_fused.get(p, p) for p in module)
+    return units
+
+
+def check_tensor(weights: ModelWeights, name: str, shape: Shape, dtype: torch.dtype) -> None:
+    """Raise ``WeightMismatchError`` naming ``name`` unless it is a parameter of this shape and dtype."""
+    spec = weights.specs.get(weights.aliases.get(name, name))
+    if spec is None:
+        raise WeightMismatchError(f"{name}: not a parameter of this model ({len(weights.specs)} expected)")
+    if tuple(shape) != spec[0]:
+        raise WeightMismatchError(f"{name}: shape {tuple(shape)} != expected {spec[0]}")
+    if dtype != spec[1]:
+        raise WeightMismatchError(f"{name}: dtype {dtype} != expected {spec[1]} (cast before sending)")
+
+
+def check_manifest(weights: ModelWeights, manifest: Mapping[str, WeightSpec]) -> None:
+    """Check a whole update before anything is sent: every tensor known and well-formed, none missing."""
+    for name, (shape, dtype) in manifest.items():
+        check_tensor(weights, name, shape, dtype)
+    missing = [n for n in weights.specs if n not in manifest]
+    if missing:
+        raise WeightMismatchError(_missing_message(missing))
+
+
+def _missing_message(missing: list[str]) -> str:
+    more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+    return f"{missing[0]}: missing from the update (missing: {', '.join(missing[:3])}{more})"
+
+
+class WeightStream:
+    """Bookkeeping of one update: checks each bucket, releases complete fused units, finds what is missing."""
+
+    def __init__(self, weights: ModelWeights):
+        self._weights = weights
+        self._unit_sizes = weights.unit_sizes()
+        self._received: set[str] = set()
+        self._pending: dict[str, list[tuple[str, torch.Tensor]]] = {}
+
+    def add(self, bucket: list[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.Tensor]]:
+        """Check a whole bucket, then return the tensors whose fused unit is complete (aliases dropped)."""
+        names = set()
+        for name, tensor in bucket:
+            check_tensor(self._weights, name, tuple(tensor.shape), tensor.dtype)
+            if name in self._received or name in names:
+                raise WeightMismatchError(f"{name}: sent twice in one update")
+            names.add(name)
+        ready = []
+        for name, tensor in bucket:
+            self._received.add(name)
+            if name in self._weights.aliases:
+                continue
+            unit = self._weights.units[name]
+            parts = self._pending.setdefault(unit, [])
+            parts.append((name, tensor))
+            if len(parts) == self._unit_sizes[unit]:
+                ready.extend(self._pending.pop(unit))
+        return ready
+
+    def finish(self) -> None:
+        """Raise ``WeightMismatchError`` naming the first required tensor that never arrived."""
+        missing = [n for n in self._weights.specs if n not in self._received]
+        if missing:
+            raise WeightMismatchError(_missing_message(missing))

@@ -1,0 +1,94 @@
+"""Update bookkeeping without an engine: expected HF parameters, fused-module grouping, error messages."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from rollout_helpers import TINY
+from transformers import AutoConfig
+
+from megatron_grpo.rollout.weight_specs import (
+    ModelWeights,
+    WeightMismatchError,
+    WeightStream,
+    check_manifest,
+    fused_units,
+    hf_weight_specs,
+)
+
+QWEN3_PACKED = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
+
+
+def tiny_weights(tie: bool = True, dtype: torch.dtype = torch.float32) -> ModelWeights:
+    config = AutoConfig.from_pretrained(TINY)
+    config.tie_word_embeddings = tie
+    specs, aliases = hf_weight_specs(config, dtype)
+    return ModelWeights(specs=specs, aliases=aliases, units=fused_units(specs, QWEN3_PACKED))
+
+
+def tensors(weights: ModelWeights) -> list[tuple[str, torch.Tensor]]:
+    return [(name, torch.zeros(shape, dtype=dtype)) for name, (shape, dtype) in weights.specs.items()]
+
+
+def test_specs_follow_the_hf_config():
+    tied, untied = tiny_weights(tie=True), tiny_weights(tie=False)
+    assert len(tied.specs) == 2 + 2 * 11 and tied.aliases == {"lm_head.weight": "model.embed_tokens.weight"}
+    assert untied.specs.keys() - tied.specs.keys() == {"lm_head.weight"} and not untied.aliases
+    assert tied.specs["model.layers.1.self_attn.k_proj.weight"] == ((64, 128), torch.float32)
+    assert tiny_weights(dtype=torch.bfloat16).specs["model.norm.weight"] == ((128,), torch.bfloat16)
+
+
+def test_fused_units_group_tensors_by_engine_module():
+    units = fused_units(["model.layers.0.self_attn.k_proj.weight", "model.layers.0.mlp.up_proj.weight",
+                         "model.layers.0.self_attn.q_norm.weight", "model.layers.3.self_attn.q_proj.bias"],
+                        QWEN3_PACKED)
+    assert list(units.values()) == ["model.layers.0.self_attn.qkv_proj", "model.layers.0.mlp.gate_up_proj",
+                                    "model.layers.0.self_attn.q_norm", "model.layers.3.self_attn.qkv_proj"]
+
+
+def test_stream_holds_back_a_module_until_all_its_parts_arrive():
+    weights = tiny_weights()
+    by_name = dict(tensors(weights))
+    stream = WeightStream(weights)
+    q, k, v = (f"model.layers.0.self_attn.{p}_proj.weight" for p in "qkv")
+    assert stream.add([(q, by_name[q]), (k, by_name[k])]) == []
+    assert [n for n, _ in stream.add([(v, by_name[v])])] == [q, k, v]
+    with pytest.raises(WeightMismatchError, match=f"{q}: sent twice"):
+        stream.add([(q, by_name[q])])
+    with pytest.raises(WeightMismatchError, match="model.embed_tokens.weight: missing .* and 18 more"):
+        stream.finish()
+
+
+def test_stream_accepts_and_drops_a_tied_copy():
+    weights = tiny_weights()
+    stream = WeightStream(weights)
+    everything = [*tensors(weights), ("lm_head.weight", torch.zeros(16, 128))]
+    assert [n for n, _ in stream.add(everything)] == list(weights.specs)
+    stream.finish()
+
+
+def test_a_bad_bucket_is_rejected_whole():
+    weights = tiny_weights()
+    bucket = tensors(weights)
+    bucket[3] = (bucket[3][0], torch.zeros(1))
+    stream = WeightStream(weights)
+    with pytest.raises(WeightMismatchError, match=rf"{bucket[3][0]}: shape \(1,\)"):
+        stream.add(bucket)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"model.layers.2.mlp.up_proj.weight": ((384, 128), torch.float32)}, "layers.2.mlp.up_proj.weight: not a"),
+        ({"model.norm.weight": ((128,), torch.float16)}, "model.norm.weight: dtype torch.float16"),
+        ({"lm_head.weight": ((17, 128), torch.float32)}, r"lm_head.weight: shape \(17, 128\)"),
+        ({"model.norm.weight": None}, "model.norm.weight: missing"),
+    ],
+)
+def test_manifest_errors_name_the_tensor(change, message):
+    weights = tiny_weights()
+    manifest = {**weights.specs, **change}
+    manifest = {n: spec for n, spec in manifest.items() if spec is not None}
+    with pytest.raises(WeightMismatchError, match=message):
+        check_manifest(weights, manifest)
+    check_manifest(weights, weights.specs)
