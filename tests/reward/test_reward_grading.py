@@ -35,3 +35,12 @@ def test_table_is_large_and_balanced():
 @pytest.mark.parametrize(("response", "ground_truth", "expected"), CASES)
 def test_math_reward(response, ground_truth, expected):
     assert math_reward(response, ground_truth) == expected
+
+
+def test_docstring_examples():
+    import doctest
+    import importlib
+
+    # the package attribute ``math_reward`` is the function; the module is reached by name
+    result = doctest.testmod(importlib.import_module("megatron_grpo.reward.math_reward"))
+    assert result.attempted >= 3 and result.failed == 0
