@@ -64,11 +64,10 @@ class WorkerExtension:
         with _quiet(_RELOAD_LOGGERS):
             self.reload_weights(weights_iterator=weights)
 
-    def grpo_finish_update(self) -> None:
+    def grpo_repack_lm_head(self) -> None:
         """A tied lm_head shares the embedding tensor but the CPU GEMM keeps its own packed copy: redo it."""
-        model = self.model_runner.get_model()
-        if getattr(model.config, "tie_word_embeddings", False):
-            model.lm_head.quant_method.process_weights_after_loading(model.lm_head)
+        lm_head = self.model_runner.get_model().lm_head
+        lm_head.quant_method.process_weights_after_loading(lm_head)
 
 
 @contextlib.contextmanager
@@ -243,7 +242,8 @@ class VllmEngine:
             self._stream.finish()
         except WeightMismatchError as exc:
             raise WeightMismatchError(f"{exc}; {self._abort_update()}") from None
-        self._llm.collective_rpc("grpo_finish_update")
+        if "lm_head.weight" in self._weights.aliases:
+            self._llm.collective_rpc("grpo_repack_lm_head")
         self._llm.reset_prefix_cache()
         self._stream, self._broken = None, None
 
