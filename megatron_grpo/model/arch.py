@@ -44,9 +44,11 @@ def _qwen3(cfg: dict[str, Any], where: str) -> ModelArch:
     missing = [k for k in _QWEN3_REQUIRED if cfg.get(k) is None]
     if missing:
         raise ConfigError(f"{where}: missing required field '{missing[0]}' for Qwen3ForCausalLM")
+    rope = cfg.get("rope_parameters") or {}  # transformers >= 5 nests rope_theta/rope_type here
     unsupported = {
         "num_experts": bool(cfg.get("num_experts")),
         "rope_scaling": cfg.get("rope_scaling") not in (None, {}),
+        "rope_parameters": rope.get("rope_type", "default") != "default",
         "use_sliding_window": bool(cfg.get("use_sliding_window")),
         "attention_bias": bool(cfg.get("attention_bias")),
         "hidden_act": cfg.get("hidden_act", "silu") != "silu",
@@ -65,7 +67,7 @@ def _qwen3(cfg: dict[str, Any], where: str) -> ModelArch:
         ffn_hidden_size=cfg["intermediate_size"],
         vocab_size=cfg["vocab_size"],
         max_position_embeddings=cfg["max_position_embeddings"],
-        rope_theta=float(cfg.get("rope_theta", 10000.0)),
+        rope_theta=float(cfg.get("rope_theta") or rope.get("rope_theta") or 10000.0),
         norm_eps=float(cfg["rms_norm_eps"]),
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         qk_layernorm=True,

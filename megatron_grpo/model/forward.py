@@ -5,7 +5,7 @@ exact for every real token (a real token never attends to a later pad), so no pa
 pads are excluded by the loss mask. (Megatron's THD ``PackedSeqParams`` needs TE/flash attention,
 which the CPU local spec does not have.)
 
-A ``LossFn(logprobs [b, L], batch) -> (loss, metrics)`` must return a loss already normalised by the
+A ``LossFn(logprobs [b, L], entropy [b, L], batch) -> (loss, metrics)`` must return a loss already normalised by the
 GLOBAL counts of the mini-batch, so summing micro-batches and DP ranks yields the full gradient;
 Megatron is configured (``calculate_per_token_loss``) not to rescale it.
 """
@@ -21,10 +21,11 @@ from megatron.core import parallel_state as ps
 from megatron.core.distributed import finalize_model_grads
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from megatron_grpo.algo.loss import reduce_metrics
 from megatron_grpo.model.logprobs import token_entropy, token_logprobs
 
 Batch = dict[str, torch.Tensor]
-LossFn = Callable[[torch.Tensor, Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+LossFn = Callable[[torch.Tensor, torch.Tensor, Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
 def _causal_mask(length: int, device: torch.device) -> torch.Tensor:
@@ -52,14 +53,15 @@ def _loss_step(batch: Batch, length: int, vocab_size: int, temperature: float, l
                with_entropy: bool, logits: torch.Tensor):
     logits = logits[:, :length]
     targets = torch.roll(batch["tokens"], shifts=-1, dims=1)  # position t predicts token t+1
+    entropy = token_entropy(logits, vocab_size, temperature) if with_entropy else None
     logprobs = token_logprobs(logits, targets, vocab_size, temperature)
-    extras = {"logprobs": logprobs.detach()}
-    if with_entropy:
-        extras["entropy"] = token_entropy(logits, vocab_size, temperature)
-    if loss_fn is None:
-        return logprobs.sum() * 0.0, torch.tensor(1), extras
-    loss, metrics = loss_fn(logprobs, batch)
-    return loss, torch.tensor(1), {**metrics, **extras, "loss": loss.detach()}
+    if loss_fn is None:  # forward only: hand the per-token values back
+        outputs = {"logprobs": logprobs}
+        if entropy is not None:
+            outputs["entropy"] = entropy
+        return logprobs.sum() * 0.0, torch.tensor(1), outputs
+    loss, metrics = loss_fn(logprobs, entropy, batch)
+    return loss, torch.tensor(1), {**metrics, "loss": loss.detach()}
 
 
 def run_micro_batches(model: list, micro_batches: list[Batch], vocab_size: int, temperature: float,
@@ -105,7 +107,8 @@ def broadcast_from_last_stage(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def train_micro_batches(model: list, optimizer, micro_batches: list[Batch], vocab_size: int,
-                        temperature: float, loss_fn: LossFn) -> tuple[dict[str, float], bool, float]:
+                        temperature: float, loss_fn: LossFn,
+                        with_entropy: bool = True) -> tuple[dict[str, float], bool, float]:
     """One optimizer step over ``micro_batches``: zero grads, forward/backward, sync grads, step.
 
     Returns (summed metrics, whether the update was applied, grad norm). Metrics are summed over
@@ -114,7 +117,7 @@ def train_micro_batches(model: list, optimizer, micro_batches: list[Batch], voca
     for chunk in model:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
-    outputs = run_micro_batches(model, micro_batches, vocab_size, temperature, loss_fn)
+    outputs = run_micro_batches(model, micro_batches, vocab_size, temperature, loss_fn, with_entropy)
     finalize_model_grads(model)  # DP grad all-reduce/reduce-scatter, tied-embedding and SP norm grads
     grads_finite = _grads_finite(model)
     if grads_finite:
@@ -138,17 +141,17 @@ def _grads_finite(model: list) -> bool:
 
 
 def _reduce_metrics(outputs: list[dict[str, torch.Tensor]]) -> dict[str, float]:
-    sums: dict[str, float] = {}
-    for out in outputs:
-        for key, value in out.items():
-            if key not in ("logprobs", "entropy"):
-                sums[key] = sums.get(key, 0.0) + float(value.detach().double().sum())
+    """Sum over micro-batches and DP ranks (``*_max`` keys: max), as ``algo.reduce_metrics`` defines."""
+    local = reduce_metrics(outputs)
     if ps.get_pipeline_model_parallel_world_size() > 1:
-        box = [sums]
+        box = [local]
         dist.broadcast_object_list(box, src=ps.get_pipeline_model_parallel_last_rank(),
                                    group=ps.get_pipeline_model_parallel_group())
-        sums = box[0]
-    names = sorted(sums)
-    values = torch.tensor([sums[k] for k in names], dtype=torch.float64)
-    dist.all_reduce(values, group=ps.get_data_parallel_group())
-    return dict(zip(names, values.tolist(), strict=True))
+        local = box[0]
+    result = {}
+    for op, names in ((dist.ReduceOp.SUM, [k for k in sorted(local) if not k.endswith("_max")]),
+                      (dist.ReduceOp.MAX, [k for k in sorted(local) if k.endswith("_max")])):
+        values = torch.tensor([local[k] for k in names], dtype=torch.float64)
+        dist.all_reduce(values, op=op, group=ps.get_data_parallel_group())
+        result.update(zip(names, values.tolist(), strict=True))
+    return result

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
-from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+from megatron.core.tensor_parallel import reduce_from_tensor_model_parallel_region, vocab_parallel_cross_entropy
 
 
 def _scaled_logits(logits: torch.Tensor, vocab_size: int, temperature: float) -> torch.Tensor:
@@ -32,15 +32,14 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int,
     return -vocab_parallel_cross_entropy(scaled, targets)
 
 
-@torch.no_grad()
 def token_entropy(logits: torch.Tensor, vocab_size: int, temperature: float = 1.0) -> torch.Tensor:
-    """Entropy of softmax(logits / T) per position, reduced over the TP group (metric only)."""
+    """Entropy of softmax(logits / T) per position over the whole (TP-split) vocabulary; differentiable,
+    so an entropy bonus can use it. Costs a second fp32 pass over the logits."""
     scaled = _scaled_logits(logits, vocab_size, temperature)
-    group = ps.get_tensor_model_parallel_group()
-    local_max = scaled.max(dim=-1).values
-    dist.all_reduce(local_max, op=dist.ReduceOp.MAX, group=group)
+    local_max = scaled.detach().max(dim=-1).values
+    dist.all_reduce(local_max, op=dist.ReduceOp.MAX, group=ps.get_tensor_model_parallel_group())
     shifted = scaled - local_max.unsqueeze(-1)
     exp = shifted.exp()
-    sums = torch.stack([exp.sum(-1), (exp * shifted.nan_to_num(neginf=0.0)).sum(-1)])
-    dist.all_reduce(sums, group=group)
+    sums = torch.stack([exp.sum(-1), (exp * shifted.masked_fill(exp == 0, 0.0)).sum(-1)])
+    sums = reduce_from_tensor_model_parallel_region(sums)
     return sums[0].log() - sums[1] / sums[0]

@@ -34,13 +34,13 @@ class MegatronPolicy:
             chunk.eval()
         return forward_logprobs(self.model, micro_batches, self.arch.vocab_size, temperature, with_entropy)
 
-    def train_step(self, micro_batches: list[Batch], loss_fn: LossFn,
-                   temperature: float = 1.0) -> tuple[dict[str, float], bool, float]:
+    def train_step(self, micro_batches: list[Batch], loss_fn: LossFn, temperature: float = 1.0,
+                   with_entropy: bool = True) -> tuple[dict[str, float], bool, float]:
         """(metrics summed over micro-batches and DP ranks, update applied, grad norm)."""
         for chunk in self.model:
             chunk.train()
         metrics, applied, grad_norm = train_micro_batches(
-            self.model, self.optimizer, micro_batches, self.arch.vocab_size, temperature, loss_fn
+            self.model, self.optimizer, micro_batches, self.arch.vocab_size, temperature, loss_fn, with_entropy
         )
         if applied:
             self.scheduler.step(increment=1)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -34,4 +34,12 @@ class RolloutEngine(Protocol):
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Replace all weights from HF-named full tensors; the prefix cache is invalidated."""
+        ...
+
+    def check_manifest(self, manifest: Mapping[str, tuple[tuple[int, ...], torch.dtype]]) -> None:
+        """Reject a whole update (name -> (shape, dtype)) before any tensor is sent."""
+        ...
+
+    def close(self) -> None:
+        """Release the engine (before the process groups go away)."""
         ...

@@ -264,6 +264,11 @@ class VllmEngine:
 
     # ---- memory release (colocated mode) ----------------------------------------------------------
 
+    def close(self) -> None:
+        """Shut the in-process engine core down now, while the trainer's process groups still exist
+        (vLLM's own finalizer would run at exit, after they are destroyed, and fail)."""
+        self._llm.llm_engine.engine_core.shutdown()
+
     def sleep(self, level: int = 1) -> None:
         """Free accelerator memory while the trainer runs (GPU, colocated): level 1 offloads the weights
         to host memory, level 2 discards them (then the next update must be a full refit). No-op on CPU:

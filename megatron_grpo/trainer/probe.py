@@ -1,0 +1,37 @@
+"""Refit check: the engine's log-probs of a few fixed sequences against the trainer's, after a refit.
+
+A wrong tensor in the refit (a swapped shard, a stale bucket) shows up here as a large difference,
+long before it shows up as a reward curve that does not rise.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from megatron_grpo.algo import RolloutBatch
+from megatron_grpo.model.policy import MegatronPolicy
+from megatron_grpo.rollout.types import RolloutEngine
+
+PROBE_SEQUENCES = 2
+
+
+def logprob_probe(policy: MegatronPolicy, engine: RolloutEngine | None, rollout: RolloutBatch) -> dict[str, float]:
+    """Collective. Mean |trainer - engine| log-prob over the responses of the rollout's first sequences."""
+    rows = list(range(min(PROBE_SEQUENCES, rollout.rewards.numel())))
+    lengths = rollout.prompt_lens[rows] + rollout.response_lens[rows]
+    tokens = rollout.input_ids[rows][:, : int(lengths.max())]
+    trainer = policy.logprobs([{"tokens": tokens}], temperature=1.0)[0]["logprobs"]
+    verdict = [None]
+    if dist.get_rank() == 0:
+        seqs = [tokens[i, : int(lengths[i])].tolist() for i in range(len(rows))]
+        prompt_lens = [int(p) for p in rollout.prompt_lens[rows]]
+        engine_lp = engine.score(seqs, prompt_lens)
+        diffs = []
+        for i, (p, lp) in enumerate(zip(prompt_lens, engine_lp, strict=True)):
+            # trainer position t scores token t + 1: the response tokens p..end come from positions p-1..end-1
+            ours = trainer[i, p - 1: p - 1 + len(lp)]
+            diffs.append((ours - torch.tensor(lp, dtype=ours.dtype)).abs())
+        verdict[0] = float(torch.cat(diffs).mean()) if diffs and sum(len(d) for d in diffs) else 0.0
+    dist.broadcast_object_list(verdict, src=0)
+    return {"rollout/logprob_abs_diff": verdict[0]}

@@ -1,0 +1,160 @@
+"""Build everything a run needs, cheap checks first: config/data/tokenizer errors surface before any
+model or engine is built. Also the run directory's provenance files and resumable trainer state."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import pickle
+import random
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+import megatron_grpo
+from megatron_grpo.config import Config, ConfigError, check_world, dump_yaml
+from megatron_grpo.data import PromptDataset, PromptSampler, load_train_dataset
+from megatron_grpo.launch import DistEnv, init_distributed
+from megatron_grpo.model import ModelArch, load_arch
+from megatron_grpo.model.arch import hf_config_path
+from megatron_grpo.model.builder import DTYPES
+from megatron_grpo.model.policy import MegatronPolicy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    cfg: Config
+    run_dir: Path
+    env: DistEnv
+    arch: ModelArch
+    tokenizer: object
+    dataset: PromptDataset
+    sampler: PromptSampler          # global batches: every rank sees all B prompts (rank 0 generates them)
+    total_steps: int
+    policy: MegatronPolicy
+    engine: object | None           # rank 0 only
+    scorer: object | None           # rank 0 only
+    eval_sets: list
+    step: int = 0                   # last completed step
+    nonfinite_streak: int = 0
+
+    @property
+    def is_rank0(self) -> bool:
+        return self.env.rank == 0
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.cfg.model.dtype]
+
+
+def load_tokenizer(cfg: Config, arch: ModelArch):
+    from transformers import AutoTokenizer
+
+    if not cfg.model.tokenizer:
+        raise ConfigError("model.tokenizer: required (an HF tokenizer directory)")
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer)
+    if len(tokenizer) > arch.vocab_size:
+        raise ConfigError(
+            f"model.tokenizer: {cfg.model.tokenizer} has {len(tokenizer)} tokens but the model's vocab_size is "
+            f"{arch.vocab_size} ({cfg.model.hf_config})"
+        )
+    return tokenizer
+
+
+def engine_model_dir(cfg: Config, run_dir: Path) -> tuple[Path, bool]:
+    """(HF directory the engine loads, whether it holds weights). Without a checkpoint the engine starts
+    from dummy weights in a directory holding just the config; the first refit brings the policy's."""
+    if cfg.model.hf_checkpoint:
+        return Path(cfg.model.hf_checkpoint), True
+    target = run_dir / "engine_model"
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(hf_config_path(cfg.model.hf_config), target / "config.json")
+    return target, False
+
+
+def build_run(cfg: Config, run_dir: Path) -> Run:
+    env = init_distributed(cfg.parallel, cfg.trainer.seed)
+    arch = load_arch(cfg.model.hf_config)
+    check_world(cfg, env.world_size, arch.num_attention_heads, arch.num_query_groups, arch.num_layers)
+    if cfg.algo.kl_coef > 0:
+        raise ConfigError("algo.kl_coef: a KL term needs a reference model, which this trainer does not build yet")
+    tokenizer = load_tokenizer(cfg, arch)
+    dataset, _ = load_train_dataset(cfg.data, tokenizer, cfg.rollout.max_prompt_length)
+    sampler = PromptSampler.from_config(cfg.data, len(dataset))
+    total_steps = min(cfg.trainer.max_steps or 10**9, sampler.steps_per_epoch * cfg.trainer.total_epochs)
+    eval_sets = _eval_sets(cfg, tokenizer) if cfg.trainer.test_freq else []
+    hf_weights = None
+    if cfg.model.hf_checkpoint:
+        from megatron_grpo.convert.hf_io import HFCheckpoint
+
+        hf_weights = HFCheckpoint(cfg.model.hf_checkpoint)
+    policy = MegatronPolicy(arch, cfg.model, cfg.parallel, cfg.optim, total_steps, hf_weights)
+    engine = scorer = None
+    if env.rank == 0:
+        from megatron_grpo import reward
+        from megatron_grpo.rollout.vllm_engine import build_engine
+
+        model_dir, has_weights = engine_model_dir(cfg, run_dir)
+        engine = build_engine(model_dir, cfg.model.tokenizer, cfg.rollout, cfg.model.dtype, load_weights=has_weights)
+        scorer = reward.from_config(cfg.reward)
+    return Run(cfg, run_dir, env, arch, tokenizer, dataset, sampler, total_steps, policy, engine, scorer, eval_sets)
+
+
+def _eval_sets(cfg: Config, tokenizer) -> list:
+    from megatron_grpo.eval import load_eval_sets
+
+    return load_eval_sets(cfg.eval, cfg.data, tokenizer) if cfg.eval.sets else []
+
+
+def write_provenance(cfg: Config, run_dir: Path) -> None:
+    """The resolved config and the versions/commit that produced the run (rank 0)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_yaml(cfg, run_dir / "config.yaml")
+    versions = {"megatron_grpo": megatron_grpo.__version__, "torch": torch.__version__,
+                "git_commit": _git_commit()}
+    for package in ("megatron.core", "vllm", "transformers"):
+        try:
+            module = __import__(package, fromlist=["__version__"])
+            versions[package] = getattr(module, "__version__", "unknown")
+        except ImportError:
+            versions[package] = None
+    (run_dir / "versions.json").write_text(json.dumps(versions, indent=2) + "\n")
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(megatron_grpo.__file__).parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def trainer_state(run: Run) -> dict:
+    """JSON-serialisable state saved next to the model: position, counters and RNG states."""
+    rng = (torch.get_rng_state(), np.random.get_state(), random.getstate())
+    return {"step": run.step, "sampler": run.sampler.state_dict(), "nonfinite_streak": run.nonfinite_streak,
+            "rng": base64.b64encode(pickle.dumps(rng)).decode()}
+
+
+def restore_trainer_state(run: Run, state: dict) -> None:
+    run.step = int(state["step"])
+    run.sampler.load_state_dict(state["sampler"])
+    run.nonfinite_streak = int(state["nonfinite_streak"])
+    torch_state, np_state, py_state = pickle.loads(base64.b64decode(state["rng"]))
+    torch.set_rng_state(torch_state)
+    np.random.set_state(np_state)
+    random.setstate(py_state)
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
