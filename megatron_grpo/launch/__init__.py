@@ -43,11 +43,7 @@ def dist_env(env: Mapping[str, str] | None = None) -> DistEnv:
     env = os.environ if env is None else env
     addr = env.get("MASTER_ADDR", "127.0.0.1")
     if "RANK" in env or "WORLD_SIZE" in env:
-        missing = [k for k in ("RANK", "WORLD_SIZE") if k not in env]
-        if missing:
-            raise ConfigError(f"torchrun environment incomplete: {missing[0]} is not set")
-        rank, world = _int(env, "RANK"), _int(env, "WORLD_SIZE")
-        local = _int(env, "LOCAL_RANK") if "LOCAL_RANK" in env else rank
+        rank, world, local = _torchrun_ranks(env)
         source = "torchrun"
     elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
         rank, world = _int(env, "SLURM_PROCID"), _int(env, "SLURM_NTASKS")
@@ -58,11 +54,35 @@ def dist_env(env: Mapping[str, str] | None = None) -> DistEnv:
     else:
         return DistEnv(0, 1, 0, addr, _free_port(), "single")
     port = _int(env, "MASTER_PORT") if "MASTER_PORT" in env else 29500
+    if not 0 < port < 65536:
+        raise ConfigError(f"MASTER_PORT={port} is not a TCP port (1-65535)")
     if world < 1 or not 0 <= rank < world:
         raise ConfigError(f"{source} environment inconsistent: rank {rank} not in [0, world size {world})")
     if not 0 <= local <= rank:
         raise ConfigError(f"{source} environment inconsistent: local rank {local} > rank {rank}")
     return DistEnv(rank, world, local, addr, port, source)
+
+
+def _torchrun_ranks(env: Mapping[str, str]) -> tuple[int, int, int]:
+    """(rank, world, local rank) from torchrun's variables, checked against each other and against srun."""
+    missing = [k for k in ("RANK", "WORLD_SIZE") if k not in env]
+    if missing:
+        raise ConfigError(f"torchrun environment incomplete: {missing[0]} is not set")
+    rank, world = _int(env, "RANK"), _int(env, "WORLD_SIZE")
+    if "LOCAL_RANK" not in env and world > 1:
+        # Defaulting to RANK would pick GPU 9 on the second node of a 2 x 8 job.
+        raise ConfigError("torchrun environment incomplete: LOCAL_RANK is not set (world size > 1)")
+    local = _int(env, "LOCAL_RANK") if "LOCAL_RANK" in env else 0
+    if "LOCAL_WORLD_SIZE" in env and not 0 <= local < _int(env, "LOCAL_WORLD_SIZE") <= world:
+        raise ConfigError(f"torchrun environment inconsistent: LOCAL_RANK={local}, "
+                          f"LOCAL_WORLD_SIZE={env['LOCAL_WORLD_SIZE']}, WORLD_SIZE={world}")
+    # Inside an srun step, each task is one torchrun agent: the agents torchrun counts must be the tasks.
+    if {"SLURM_STEP_ID", "SLURM_NTASKS", "GROUP_WORLD_SIZE"} <= env.keys():
+        tasks, agents = _int(env, "SLURM_NTASKS"), _int(env, "GROUP_WORLD_SIZE")
+        if tasks != agents:
+            raise ConfigError(f"srun started {tasks} tasks but torchrun expects {agents} nodes: run one torchrun "
+                              "per node (srun --ntasks-per-node=1, see slurm/train.sbatch)")
+    return rank, world, local
 
 
 def _free_port() -> int:
