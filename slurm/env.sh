@@ -34,9 +34,10 @@ export CUDA_DEVICE_MAX_CONNECTIONS=${CUDA_DEVICE_MAX_CONNECTIONS:-1}
 # Logs appear as they are written, not when a buffer fills.
 export PYTHONUNBUFFERED=1
 
-# Seconds torchrun waits for workers to save and exit after SIGTERM before it kills them (torch >= 2.9;
-# older torch waits 30 s). Keep it below the lead time of `#SBATCH --signal=B:USR1@120`.
-export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-100}
+# Seconds torchrun lets workers finish the step, save and exit after SIGTERM before it kills them
+# (torchrun versions with --shutdown-timeout; older ones wait 30 s). Keep it below the lead time of
+# `#SBATCH --signal=B:USR1@600` in train.sbatch, which must cover one step plus a save (see `plan`).
+export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-570}
 
 # ---- commands (tests replace these with stubs) ---------------------------------------------------
 SRUN=${SRUN:-srun}

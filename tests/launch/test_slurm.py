@@ -90,7 +90,7 @@ def test_two_nodes_start_with_forwarded_args_and_no_requeue_when_finished(tmp_pa
     for r in ranks:
         assert r["argv"] == ["train", "--config", "configs/x.yaml", "--run-dir", run_dir,
                              f"trainer.run_dir={run_dir}", "optim.lr=2e-6"]
-        assert r["env"]["WORLD_SIZE"] == "2" and r["env"]["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == "100"
+        assert r["env"]["WORLD_SIZE"] == "2" and r["env"]["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == "570"
         assert r["env"]["MEGATRON_GRPO_RC_DIR"].startswith(run_dir)
     assert sorted(r["env"]["RANK"] for r in ranks) == ["0", "1"]
     assert sorted(r["env"]["SLURM_NODEID"] for r in ranks) == ["0", "1"]

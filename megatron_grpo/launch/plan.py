@@ -1,0 +1,443 @@
+"""Dry-run planner: parallel layout, per-GPU memory and step time of a config on N nodes x G GPUs.
+
+``plan(cfg, arch, nodes, gpus_per_node)`` is pure arithmetic over the config and the architecture (no
+torch, no GPU); ``format_plan`` renders it; ``add_plan_arguments``/``run_plan`` are the CLI. Every
+formula, its source and its blind spots are in docs/scaling.md; the numbers are estimates to choose a
+layout with, not guarantees. Sizes are in GiB (2**30 bytes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from dataclasses import dataclass, replace
+
+from megatron_grpo.config import Config, ConfigError, check_world, load_config
+from megatron_grpo.model.arch import ModelArch, load_arch
+
+GIB = 2**30
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+PEAK_TFLOPS = {"fp32": 494.7, "bf16": 989.4, "fp16": 989.4}
+"""Dense H100 SXM tensor-core peak per GPU; fp32 assumes TF32 matmuls (torch allow_tf32)."""
+
+
+@dataclass(frozen=True)
+class Assumptions:
+    """What the estimate cannot read from the config; each is a CLI flag."""
+
+    mfu: float = 0.35
+    """Training: share of peak FLOPs achieved on the FLOPs executed (recompute included)."""
+    gen_mfu: float = 0.10
+    """Generation: decoding is memory-bound, so its FLOPs utilisation is low."""
+    peak_tflops: float | None = None
+    """Per GPU; ``None`` = PEAK_TFLOPS of the policy dtype."""
+    reserve_gb: float = 2.0
+    """Per GPU, never available: CUDA context, NCCL buffers, allocator fragmentation."""
+    trainer_offload: bool = False
+    """Trainer parameters/gradients/optimizer leave the GPU while the engine generates (not implemented
+    in megatron_grpo; lets you see what it would buy)."""
+    mean_prompt_tokens: int | None = None
+    """``None`` = min(256, rollout.max_prompt_length)."""
+    mean_response_tokens: int | None = None
+    """``None`` = half of rollout.train.max_response_length."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    world: int
+    tp: int
+    pp: int
+    dp: int
+    rollout_tp: int
+    engines: int
+
+
+@dataclass(frozen=True)
+class TrainMemory:
+    """Per-GPU bytes on the busiest pipeline stage while the trainer runs."""
+
+    params: float
+    grads: float
+    optimizer: float
+    activations: float  # stored for backward: all layers in flight (full recompute: their inputs only)
+    recompute: float  # one layer's activations re-created in backward (full recompute only)
+    logits: float  # model output + fp32 working copy of one micro-batch
+
+    @property
+    def static(self) -> float:
+        return self.params + self.grads + self.optimizer
+
+    @property
+    def peak(self) -> float:
+        # The logits live during the loss; the recomputed layer during backward, after they are freed.
+        return self.static + self.activations + max(self.logits, self.recompute)
+
+
+@dataclass(frozen=True)
+class RolloutMemory:
+    """Per-GPU bytes while the engines generate."""
+
+    budget: float  # rollout.gpu_memory_utilization x GPU memory: all vLLM may take
+    weights: float
+    kv_cache: float
+    kv_bytes_per_token: float
+    trainer_resident: float  # what the trainer keeps on the GPU meanwhile
+    seq_tokens: int  # max prompt + max response of a training rollout
+    seqs_per_engine: int
+
+    @property
+    def kv_tokens(self) -> int:
+        return max(int(self.kv_cache // self.kv_bytes_per_token), 0)
+
+
+@dataclass(frozen=True)
+class Throughput:
+    train_tokens: float  # per step, prompt + response, all sequences
+    gen_tokens: float  # per step, sampled tokens
+    train_flops: float
+    gen_flops: float
+    train_s: float
+    gen_s: float
+    refit_bytes: float  # one full copy of the weights in the engine dtype, streamed each step
+    refit_buckets: int
+
+    @property
+    def step_s(self) -> float:
+        return self.train_s + self.gen_s
+
+
+@dataclass(frozen=True)
+class Plan:
+    layout: Layout
+    gpu_mem: float
+    usable: float  # gpu_mem - reserve
+    params_total: int
+    params_per_gpu: int
+    train: TrainMemory
+    rollout: RolloutMemory
+    throughput: Throughput
+    advice: tuple[str, ...] = ()
+
+    @property
+    def fits_train(self) -> bool:
+        return self.train.peak <= self.usable
+
+    @property
+    def fits_rollout(self) -> bool:
+        r = self.rollout
+        return r.trainer_resident + r.budget <= self.usable and r.kv_tokens >= r.seq_tokens
+
+    @property
+    def fits(self) -> bool:
+        return self.fits_train and self.fits_rollout
+
+
+# ---- model arithmetic ----------------------------------------------------------------------------
+
+
+def padded_vocab(arch: ModelArch, divisible_by: int, tp: int) -> int:
+    """Megatron's embedding rows (model.builder.padded_vocab_size, kept torch-free here)."""
+    multiple = divisible_by * tp
+    return -(-arch.vocab_size // multiple) * multiple
+
+
+def layer_params(arch: ModelArch, tp: int = 1) -> int:
+    """One decoder layer on one TP rank: q,k,v,o and gate,up,down are split, the four norms are not."""
+    h, d, f = arch.hidden_size, arch.head_dim, arch.ffn_hidden_size
+    split = 2 * arch.num_attention_heads * d * h + 2 * arch.num_query_groups * d * h + 3 * f * h
+    return -(-split // tp) + 2 * h + 2 * d
+
+
+def total_params(arch: ModelArch) -> int:
+    """All HF parameters (tied embeddings counted once)."""
+    embed = arch.vocab_size * arch.hidden_size * (1 if arch.tie_word_embeddings else 2)
+    return arch.num_layers * layer_params(arch) + embed + arch.hidden_size
+
+
+def stage_params(arch: ModelArch, tp: int, pp: int, vocab: int) -> int:
+    """Parameters of the largest pipeline stage on one TP rank: the last one (layers, final norm,
+    output layer), which with PP > 1 also holds the tied embedding's copy."""
+    copies = 2 if pp == 1 and not arch.tie_word_embeddings else 1
+    embed = -(-vocab * arch.hidden_size // tp)
+    return arch.num_layers // pp * layer_params(arch, tp) + arch.hidden_size + copies * embed
+
+
+def layer_activation_elems(arch: ModelArch, tp: int, sp: bool) -> tuple[float, float]:
+    """Per token, one layer, one GPU: (elements saved for backward, elements of the layer input).
+
+    Saved: both norm inputs and the two linear inputs they feed (4h; TP-replicated unless sequence
+    parallel), q/k-norm inputs ((a+g)d), post-RoPE q,k,v and the flash-attention output ((2a+2g)d),
+    SwiGLU's gate/up output (2f) and down-projection input (f); no dropout, no s^2 attention scores.
+    """
+    h, d = arch.hidden_size, arch.head_dim
+    heads = 3 * (arch.num_attention_heads + arch.num_query_groups) * d + 3 * arch.ffn_hidden_size
+    replicated = 4 * h
+    if sp:
+        return (replicated + heads) / tp, h / tp
+    return replicated + heads / tp, h
+
+
+def matmul_params(arch: ModelArch) -> int:
+    """Parameters that take part in a matmul per token (the embedding lookup does not, the output layer does)."""
+    return arch.num_layers * layer_params(arch) + arch.vocab_size * arch.hidden_size
+
+
+# ---- the plan ------------------------------------------------------------------------------------
+
+
+def plan(cfg: Config, arch: ModelArch, nodes: int, gpus_per_node: int, gpu_mem_gb: float = 80.0,
+         assume: Assumptions = Assumptions()) -> Plan:
+    """Estimate layout, memory and throughput; ``advice`` says which knob to turn when it does not fit."""
+    base = _plan(cfg, arch, nodes, gpus_per_node, gpu_mem_gb, assume)
+    if base.fits and _kv_waves(base.rollout) <= 1:
+        return base
+    return replace(base, advice=tuple(_advice(cfg, arch, base, nodes, gpus_per_node, gpu_mem_gb, assume)))
+
+
+def _plan(cfg: Config, arch: ModelArch, nodes: int, gpus_per_node: int, gpu_mem_gb: float,
+          assume: Assumptions) -> Plan:
+    layout = _layout(cfg, arch, nodes * gpus_per_node)
+    vocab = padded_vocab(arch, cfg.model.make_vocab_size_divisible_by, layout.tp)
+    per_gpu = stage_params(arch, layout.tp, layout.pp, vocab)
+    train = _train_memory(cfg, arch, layout, per_gpu, vocab)
+    rollout = _rollout_memory(cfg, arch, layout, train, gpu_mem_gb * GIB, assume)
+    return Plan(layout=layout, gpu_mem=gpu_mem_gb * GIB, usable=(gpu_mem_gb - assume.reserve_gb) * GIB,
+                params_total=total_params(arch), params_per_gpu=per_gpu, train=train, rollout=rollout,
+                throughput=_throughput(cfg, arch, layout, assume))
+
+
+def _layout(cfg: Config, arch: ModelArch, world: int) -> Layout:
+    check_world(cfg, world, arch.num_attention_heads, arch.num_query_groups, arch.num_layers)
+    tp, pp, rtp = cfg.parallel.tensor, cfg.parallel.pipeline, cfg.rollout.tensor_parallel
+    if world % rtp:
+        raise ConfigError(f"rollout.tensor_parallel: {rtp} does not divide the world size {world}")
+    return Layout(world=world, tp=tp, pp=pp, dp=world // (tp * pp), rollout_tp=rtp, engines=world // rtp)
+
+
+def _train_memory(cfg: Config, arch: ModelArch, layout: Layout, per_gpu: int, vocab: int) -> TrainMemory:
+    width = DTYPE_BYTES[cfg.model.dtype]
+    # Megatron keeps fp32 main gradients (grad_reduce_in_fp32) and, for 16-bit params, fp32 master
+    # weights; Adam adds two fp32 moments. The distributed optimizer shards master + moments over DP.
+    master = 0 if cfg.model.dtype == "fp32" else 4
+    shards = layout.dp if cfg.parallel.distributed_optimizer else 1
+    per_layer, layer_in = layer_activation_elems(arch, layout.tp, cfg.parallel.sequence_parallel)
+    tokens = cfg.algo.micro_batch_tokens
+    # 1F1B: the first stage holds pp micro-batches x L/pp layers = L layers (Korthikanti et al. 2022).
+    live_layers = arch.num_layers
+    if cfg.parallel.virtual_pipeline:
+        live_layers *= 1 + (layout.pp - 1) / (layout.pp * cfg.parallel.virtual_pipeline)
+    full = cfg.model.recompute == "full"
+    stored = live_layers * (layer_in if full else per_layer) * tokens * width
+    return TrainMemory(
+        params=per_gpu * width,
+        grads=per_gpu * 4,
+        optimizer=per_gpu * (master + 8) / shards,
+        activations=stored,
+        recompute=per_layer * tokens * width if full else 0.0,
+        logits=tokens * vocab / layout.tp * (width + 4),
+    )
+
+
+def _rollout_memory(cfg: Config, arch: ModelArch, layout: Layout, train: TrainMemory, gpu_mem: float,
+                    assume: Assumptions) -> RolloutMemory:
+    width = DTYPE_BYTES[cfg.model.dtype]  # the engine runs in the policy dtype
+    budget = cfg.rollout.gpu_memory_utilization * gpu_mem
+    weights = total_params(arch) * width / layout.rollout_tp
+    kv_heads = max(arch.num_query_groups // layout.rollout_tp, 1)  # vLLM replicates KV heads past TP = g
+    resident = 0.0 if assume.trainer_offload else train.static
+    if not cfg.rollout.colocated:
+        resident += train.peak - train.static  # no sleep mode: engine and trainer hold memory together
+    seqs = cfg.data.batch_prompts * cfg.rollout.train.n
+    return RolloutMemory(
+        budget=budget, weights=weights, kv_cache=budget - weights,
+        kv_bytes_per_token=2 * arch.num_layers * kv_heads * arch.head_dim * width,
+        trainer_resident=resident,
+        seq_tokens=cfg.rollout.max_prompt_length + cfg.rollout.train.max_response_length,
+        seqs_per_engine=-(-seqs // layout.engines),
+    )
+
+
+def _throughput(cfg: Config, arch: ModelArch, layout: Layout, assume: Assumptions) -> Throughput:
+    prompt = assume.mean_prompt_tokens or min(256, cfg.rollout.max_prompt_length)
+    response = assume.mean_response_tokens or cfg.rollout.train.max_response_length // 2
+    seqs = cfg.data.batch_prompts * cfg.rollout.train.n
+    n_mm = matmul_params(arch)
+    attn = arch.num_layers * arch.num_attention_heads * arch.head_dim  # x 4 x context = attention FLOPs/token
+    seq = prompt + response
+    # Forward = 2 N + 4 L a d c per token (c = mean causal context = seq / 2); backward = 2 x forward;
+    # full recompute repeats the forward; an extra forward gives old log-probs when off-policy.
+    passes = 3 + (cfg.model.recompute == "full") + (not _on_policy(cfg)) + (cfg.algo.kl_coef > 0)
+    train_flops = seqs * seq * passes * (2 * n_mm + 4 * attn * seq / 2) * cfg.algo.ppo_epochs
+    prefill = prompt * (2 * n_mm + 4 * attn * prompt / 2)
+    gen_flops = seqs * (prefill + response * (2 * n_mm + 4 * attn * (prompt + response / 2)))
+    peak = (assume.peak_tflops or PEAK_TFLOPS[cfg.model.dtype]) * 1e12 * layout.world
+    refit = total_params(arch) * DTYPE_BYTES[cfg.model.dtype]
+    return Throughput(
+        train_tokens=seqs * seq, gen_tokens=seqs * response, train_flops=train_flops, gen_flops=gen_flops,
+        train_s=train_flops / (peak * assume.mfu), gen_s=gen_flops / (peak * assume.gen_mfu),
+        refit_bytes=refit, refit_buckets=math.ceil(refit / (cfg.rollout.refit_bucket_mb * 2**20)),
+    )
+
+
+def _on_policy(cfg: Config) -> bool:
+    """One optimizer step per rollout: the sampler's log-probs serve as the old ones (trainer/update.py)."""
+    return cfg.algo.ppo_epochs == 1 and cfg.algo.mini_batch_prompts == cfg.data.batch_prompts
+
+
+def _kv_waves(r: RolloutMemory) -> int:
+    """Rounds of full-length sequences an engine needs when its KV cache cannot hold them all at once."""
+    fit = r.kv_tokens // r.seq_tokens
+    return math.ceil(r.seqs_per_engine / fit) if fit else 0
+
+
+# ---- advice --------------------------------------------------------------------------------------
+
+
+def _advice(cfg: Config, arch: ModelArch, p: Plan, nodes: int, gpus: int, mem_gb: float,
+            assume: Assumptions) -> list[str]:
+    out: list[str] = []
+
+    def trial(c: Config, n: int = nodes) -> Plan:
+        return _plan(c, arch, n, gpus, mem_gb, assume)
+
+    if not p.fits_train:
+        out += _train_advice(cfg, p, trial)
+    if not p.fits_rollout:
+        out += _rollout_advice(cfg, p)
+    if p.fits and _kv_waves(p.rollout) > 1:
+        out.append(f"KV cache holds {p.rollout.kv_tokens // p.rollout.seq_tokens} full-length sequences per "
+                   f"engine of {p.rollout.seqs_per_engine}: generation runs in waves (raise "
+                   "rollout.gpu_memory_utilization or rollout.tensor_parallel)")
+    if not p.fits:
+        layout = _fitting_layout(cfg, arch, nodes, gpus, trial)
+        out.append(layout or f"no TP x PP layout fits on up to {8 * nodes} nodes: use model.dtype=bf16")
+    return out
+
+
+def _train_advice(cfg: Config, p: Plan, trial) -> list[str]:
+    out = []
+    if cfg.model.recompute != "full":
+        alt = trial(_with(cfg, "model", recompute="full"))
+        out.append(f"model.recompute=full: training peak {_gib(p.train.peak)} -> {_gib(alt.train.peak)} GiB")
+    if cfg.parallel.tensor > 1 and not cfg.parallel.sequence_parallel:
+        alt = trial(_with(cfg, "parallel", sequence_parallel=True))
+        out.append(f"parallel.sequence_parallel=true: training peak {_gib(alt.train.peak)} GiB")
+    seq = cfg.rollout.max_prompt_length + cfg.rollout.train.max_response_length
+    budget = cfg.algo.micro_batch_tokens // 2
+    while budget >= seq:
+        alt = trial(_with(cfg, "algo", micro_batch_tokens=budget))
+        if alt.fits_train:
+            out.append(f"algo.micro_batch_tokens={budget}: training peak {_gib(alt.train.peak)} GiB (same update: "
+                       "the loss is normalised by the global token count)")
+            break
+        budget //= 2
+    return out
+
+
+def _rollout_advice(cfg: Config, p: Plan) -> list[str]:
+    r = p.rollout
+    room = (p.usable - r.trainer_resident) / p.gpu_mem
+    util = math.floor(room * 20) / 20
+    need = (r.weights + r.seq_tokens * r.kv_bytes_per_token) / p.gpu_mem
+    out = [f"rollout: trainer keeps {_gib(r.trainer_resident)} GiB on the GPU while vLLM takes "
+           f"{_gib(r.budget)} GiB (rollout.gpu_memory_utilization={cfg.rollout.gpu_memory_utilization})"]
+    if util >= need:
+        kv = _gib(util * p.gpu_mem - r.weights)
+        out.append(f"rollout.gpu_memory_utilization={util:.2f} fits ({kv} GiB KV cache)")
+    else:
+        out.append("free the trainer's memory during generation (offload, --trainer-offload to model it) "
+                   "or raise parallel.tensor/pipeline so it keeps less")
+    return out
+
+
+def _fitting_layout(cfg: Config, arch: ModelArch, nodes: int, gpus: int, trial) -> str | None:
+    """The smallest TP x PP (TP first, within a node) that fits, on this node count or more."""
+    for n in (nodes, 2 * nodes, 4 * nodes, 8 * nodes):
+        for tp, pp in _candidates(arch, n * gpus, gpus):
+            c = _with(cfg, "parallel", tensor=tp, pipeline=pp, virtual_pipeline=None,
+                      sequence_parallel=cfg.parallel.sequence_parallel and tp > 1)
+            c = _with(c, "rollout", tensor_parallel=max(tp, cfg.rollout.tensor_parallel))
+            try:
+                alt = trial(c, n)
+            except ConfigError:
+                continue
+            if alt.fits:
+                where = "" if n == nodes else f" on {n} nodes"
+                return (f"parallel.tensor={tp} parallel.pipeline={pp} rollout.tensor_parallel="
+                        f"{alt.layout.rollout_tp}{where}: training peak {_gib(alt.train.peak)} GiB, "
+                        f"est. step {alt.throughput.step_s:.0f} s")
+    return None
+
+
+def _candidates(arch: ModelArch, world: int, gpus: int) -> list[tuple[int, int]]:
+    heads = math.gcd(arch.num_attention_heads, arch.num_query_groups)
+    tps = [t for t in (1, 2, 4, 8) if t <= gpus and heads % t == 0]
+    pps = [q for q in range(1, arch.num_layers + 1) if arch.num_layers % q == 0]
+    pairs = [(t, q) for t in tps for q in pps if world % (t * q) == 0]
+    return sorted(pairs, key=lambda tq: (tq[0] * tq[1], -tq[0]))
+
+
+def _with(cfg: Config, section: str, **changes) -> Config:
+    return replace(cfg, **{section: replace(getattr(cfg, section), **changes)})
+
+
+# ---- output and CLI ------------------------------------------------------------------------------
+
+
+def _gib(x: float) -> str:
+    return f"{x / GIB:.1f}"
+
+
+def format_plan(p: Plan) -> str:
+    lo, t, r, th = p.layout, p.train, p.rollout, p.throughput
+    verdict = "FITS" if p.fits else "DOES NOT FIT"
+    lines = [
+        f"layout: world {lo.world} = TP {lo.tp} x PP {lo.pp} x DP {lo.dp}; "
+        f"{lo.engines} rollout engine(s) of TP {lo.rollout_tp}",
+        f"parameters: {p.params_total / 1e9:.2f} B total, {p.params_per_gpu / 1e9:.2f} B on the largest stage per GPU",
+        f"training, per GPU (GiB of {_gib(p.usable)} usable): params {_gib(t.params)}, grads {_gib(t.grads)}, "
+        f"optimizer {_gib(t.optimizer)}, activations {_gib(t.activations)}, recomputed layer {_gib(t.recompute)}, "
+        f"logits {_gib(t.logits)} -> peak {_gib(t.peak)}  [{'ok' if p.fits_train else 'OVER'}]",
+        f"generation, per GPU: vLLM {_gib(r.budget)} (weights {_gib(r.weights)}, KV cache {_gib(r.kv_cache)} = "
+        f"{r.kv_tokens} tokens = {r.kv_tokens // r.seq_tokens} x {r.seq_tokens}-token sequences for "
+        f"{r.seqs_per_engine} per engine) + trainer {_gib(r.trainer_resident)}  [{'ok' if p.fits_rollout else 'OVER'}]",
+        f"step estimate: generation {th.gen_s:.0f} s + training {th.train_s:.0f} s = {th.step_s:.0f} s "
+        f"({th.train_tokens / 1e6:.2f} M tokens, {th.train_tokens / th.step_s / lo.world:.0f} tokens/s/GPU); "
+        f"refit {th.refit_bytes / GIB:.1f} GiB in {th.refit_buckets} buckets",
+        f"verdict: {verdict}",
+    ]
+    lines += [f"  - {a}" for a in p.advice]
+    return "\n".join(lines)
+
+
+def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
+    a = Assumptions()
+    parser.add_argument("--config", default=None, help="YAML config (default: the embedded tiny CPU config)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
+    parser.add_argument("--nodes", type=int, default=1)
+    parser.add_argument("--gpus-per-node", type=int, default=8)
+    parser.add_argument("--gpu-mem-gb", type=float, default=80.0, help="GiB per GPU (default 80: H100)")
+    parser.add_argument("--mfu", type=float, default=a.mfu, help=f"training MFU (default {a.mfu})")
+    parser.add_argument("--gen-mfu", type=float, default=a.gen_mfu, help=f"generation MFU (default {a.gen_mfu})")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="per GPU (default: H100 dense, by dtype)")
+    parser.add_argument("--reserve-gb", type=float, default=a.reserve_gb, help="GiB per GPU never usable")
+    parser.add_argument("--trainer-offload", action="store_true",
+                        help="assume the trainer moves its state off the GPU while the engines generate")
+    parser.add_argument("--mean-prompt-tokens", type=int, default=None, help="default min(256, max prompt)")
+    parser.add_argument("--mean-response-tokens", type=int, default=None, help="default half the max response")
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    """Print the plan; exit code 0 when it fits, 1 when it does not."""
+    cfg = load_config(args.config, args.overrides)
+    assume = Assumptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Assumptions)})
+    p = plan(cfg, load_arch(cfg.model.hf_config), args.nodes, args.gpus_per_node, args.gpu_mem_gb, assume)
+    print(format_plan(p))
+    return 0 if p.fits else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="megatron-grpo plan", description=__doc__.splitlines()[0])
+    add_plan_arguments(parser)
+    return run_plan(parser.parse_args(argv))
