@@ -20,6 +20,8 @@ GIB = 2**30
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 PEAK_TFLOPS = {"fp32": 494.7, "bf16": 989.4, "fp16": 989.4}
 """Dense H100 SXM tensor-core peak per GPU; fp32 assumes TF32 matmuls (torch allow_tf32)."""
+HBM_BYTES_PER_S = 3.35e12
+"""H100 SXM memory bandwidth: a decode step reads every weight of the engine once."""
 
 
 @dataclass(frozen=True)
@@ -273,9 +275,11 @@ def _throughput(cfg: Config, arch: ModelArch, layout: Layout, assume: Assumption
     gen_flops = seqs * (prefill + response * (2 * n_mm + 4 * attn * (prompt + response / 2)))
     peak = (assume.peak_tflops or PEAK_TFLOPS[cfg.model.dtype]) * 1e12 * layout.world
     refit = total_params(arch) * DTYPE_BYTES[cfg.model.dtype]
+    # The longest response decodes one token per step whatever the GPU count: a floor on generation.
+    tail = cfg.rollout.train.max_response_length * refit / layout.rollout_tp / HBM_BYTES_PER_S
     return Throughput(
         train_tokens=seqs * seq, gen_tokens=seqs * response, train_flops=train_flops, gen_flops=gen_flops,
-        train_s=train_flops / (peak * assume.mfu), gen_s=gen_flops / (peak * assume.gen_mfu),
+        train_s=train_flops / (peak * assume.mfu), gen_s=max(gen_flops / (peak * assume.gen_mfu), tail),
         refit_bytes=refit, refit_buckets=math.ceil(refit / (cfg.rollout.refit_bucket_mb * 2**20)),
     )
 

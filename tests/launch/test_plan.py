@@ -105,6 +105,8 @@ def test_reference_job_on_one_h100_node():
     assert 33 * GIB < p.train.static < 34.5 * GIB
     assert 81 * GIB < p.train.peak < 83 * GIB  # two fp32 copies of 32768 x 151936 logits: 37 GiB
     assert not p.fits_train and not p.fits_rollout  # trainer (34 GiB) + vLLM at 0.8 (64 GiB) > 78 GiB
+    tail = 7168 * p.params_total * 4 / 3.35e12  # the longest response decodes token by token: ~34 s
+    assert p.throughput.gen_s >= tail and plan(_reference_cfg(), arch, 8, 8, 80).throughput.gen_s == tail
     advice = "\n".join(p.advice)
     assert "algo.micro_batch_tokens=16384" in advice and "rollout.gpu_memory_utilization=0.55" in advice
 
