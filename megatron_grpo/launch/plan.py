@@ -43,6 +43,9 @@ class Assumptions:
     """``None`` = min(256, rollout.max_prompt_length)."""
     mean_response_tokens: int | None = None
     """``None`` = half of rollout.train.max_response_length."""
+    engines: int | None = None
+    """Rollout engines generating; ``None`` = world / rollout.tensor_parallel (one per TP group of GPUs).
+    The trainer of this commit runs a single engine on global rank 0: ``engines=1`` models it."""
 
 
 @dataclass(frozen=True)
@@ -199,7 +202,7 @@ def plan(cfg: Config, arch: ModelArch, nodes: int, gpus_per_node: int, gpu_mem_g
 
 def _plan(cfg: Config, arch: ModelArch, nodes: int, gpus_per_node: int, gpu_mem_gb: float,
           assume: Assumptions) -> Plan:
-    layout = _layout(cfg, arch, nodes * gpus_per_node)
+    layout = _layout(cfg, arch, nodes * gpus_per_node, assume.engines)
     vocab = padded_vocab(arch, cfg.model.make_vocab_size_divisible_by, layout.tp)
     per_gpu = stage_params(arch, layout.tp, layout.pp, vocab)
     train = _train_memory(cfg, arch, layout, per_gpu, vocab)
@@ -209,12 +212,14 @@ def _plan(cfg: Config, arch: ModelArch, nodes: int, gpus_per_node: int, gpu_mem_
                 throughput=_throughput(cfg, arch, layout, assume))
 
 
-def _layout(cfg: Config, arch: ModelArch, world: int) -> Layout:
+def _layout(cfg: Config, arch: ModelArch, world: int, engines: int | None) -> Layout:
     check_world(cfg, world, arch.num_attention_heads, arch.num_query_groups, arch.num_layers)
     tp, pp, rtp = cfg.parallel.tensor, cfg.parallel.pipeline, cfg.rollout.tensor_parallel
     if world % rtp:
         raise ConfigError(f"rollout.tensor_parallel: {rtp} does not divide the world size {world}")
-    return Layout(world=world, tp=tp, pp=pp, dp=world // (tp * pp), rollout_tp=rtp, engines=world // rtp)
+    if engines is not None and not 1 <= engines <= world // rtp:
+        raise ConfigError(f"engines: {engines} not in [1, world / rollout.tensor_parallel = {world // rtp}]")
+    return Layout(world=world, tp=tp, pp=pp, dp=world // (tp * pp), rollout_tp=rtp, engines=engines or world // rtp)
 
 
 def _train_memory(cfg: Config, arch: ModelArch, layout: Layout, per_gpu: int, vocab: int) -> TrainMemory:
@@ -273,13 +278,14 @@ def _throughput(cfg: Config, arch: ModelArch, layout: Layout, assume: Assumption
     train_flops = seqs * seq * passes * (2 * n_mm + 4 * attn * seq / 2) * cfg.algo.ppo_epochs
     prefill = prompt * (2 * n_mm + 4 * attn * prompt / 2)
     gen_flops = seqs * (prefill + response * (2 * n_mm + 4 * attn * (prompt + response / 2)))
-    peak = (assume.peak_tflops or PEAK_TFLOPS[cfg.model.dtype]) * 1e12 * layout.world
+    peak = (assume.peak_tflops or PEAK_TFLOPS[cfg.model.dtype]) * 1e12  # per GPU
     refit = total_params(arch) * DTYPE_BYTES[cfg.model.dtype]
     # The longest response decodes one token per step whatever the GPU count: a floor on generation.
     tail = cfg.rollout.train.max_response_length * refit / layout.rollout_tp / HBM_BYTES_PER_S
     return Throughput(
         train_tokens=seqs * seq, gen_tokens=seqs * response, train_flops=train_flops, gen_flops=gen_flops,
-        train_s=train_flops / (peak * assume.mfu), gen_s=max(gen_flops / (peak * assume.gen_mfu), tail),
+        train_s=train_flops / (peak * layout.world * assume.mfu),
+        gen_s=max(gen_flops / (peak * layout.engines * layout.rollout_tp * assume.gen_mfu), tail),
         refit_bytes=refit, refit_buckets=math.ceil(refit / (cfg.rollout.refit_bucket_mb * 2**20)),
     )
 
@@ -430,6 +436,8 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
                         help="assume the trainer moves its state off the GPU while the engines generate")
     parser.add_argument("--mean-prompt-tokens", type=int, default=None, help="default min(256, max prompt)")
     parser.add_argument("--mean-response-tokens", type=int, default=None, help="default half the max response")
+    parser.add_argument("--engines", type=int, default=None,
+                        help="rollout engines (default world / rollout TP; 1 = the current single-engine trainer)")
 
 
 def run_plan(args: argparse.Namespace) -> int:

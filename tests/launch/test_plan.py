@@ -107,6 +107,8 @@ def test_reference_job_on_one_h100_node():
     assert not p.fits_train and not p.fits_rollout  # trainer (34 GiB) + vLLM at 0.8 (64 GiB) > 78 GiB
     tail = 7168 * p.params_total * 4 / 3.35e12  # the longest response decodes token by token: ~34 s
     assert p.throughput.gen_s >= tail and plan(_reference_cfg(), arch, 8, 8, 80).throughput.gen_s == tail
+    single = plan(_reference_cfg(), arch, 1, 8, 80, Assumptions(engines=1))  # the trainer as committed today
+    assert single.rollout.seqs_per_engine == 512 and single.throughput.gen_s > 7 * p.throughput.gen_s
     advice = "\n".join(p.advice)
     assert "algo.micro_batch_tokens=16384" in advice and "rollout.gpu_memory_utilization=0.55" in advice
 
