@@ -1,0 +1,154 @@
+"""Collective save/load of model, optimizer and scheduler state with ``megatron.core.dist_checkpointing``.
+
+The checkpoint is layout-free (``torch_dist``): every tensor is stored under its global Megatron key
+with its global shape, so a checkpoint written at one TP/PP/DP layout loads at any other. The
+distributed optimizer uses the ``fully_sharded_model_space`` format for the same reason (its
+``dp_reshardable`` format only reshards over DP).
+
+A save is atomic: all ranks write into ``<root>/tmp-step_N``; rank 0 adds the trainer-state JSON,
+checks the directory (``files.verify_checkpoint``), renames it to ``step_N``, moves ``latest`` and
+deletes old checkpoints. A crash at any point leaves ``latest`` on the previous good checkpoint.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from megatron.core import dist_checkpointing
+
+from megatron_grpo.checkpoint.files import (
+    CheckpointError,
+    publish,
+    read_trainer_state,
+    resolve_checkpoint,
+    rotate,
+    step_dir,
+    tmp_dir,
+    verify_checkpoint,
+    write_trainer_state,
+)
+from megatron_grpo.convert.weights import unwrap
+
+FORMAT_VERSION = 1
+OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
+
+
+def model_sharded_state_dict(chunks: list[torch.nn.Module]) -> dict:
+    """Megatron-LM's convention: ``model`` for one chunk, ``model0``, ``model1``... with virtual pipeline."""
+    if len(chunks) == 1:
+        return {"model": unwrap(chunks[0]).sharded_state_dict()}
+    return {f"model{i}": unwrap(c).sharded_state_dict() for i, c in enumerate(chunks)}
+
+
+def _init_torch_adam_state(optimizer) -> None:
+    """Megatron's distributed optimizer over plain ``torch.optim.Adam`` (no apex/TE: CPU) reads every
+    parameter's ``step`` in ``state_dict()``, which fails before the first step. Zero moments at step 0
+    are exactly a fresh Adam's state, so initialising them changes nothing."""
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(opt, "optimizer", None)
+        if not isinstance(inner, torch.optim.Adam | torch.optim.AdamW):
+            continue
+        for group in inner.param_groups:
+            for p in group["params"]:
+                if not inner.state[p]:
+                    inner.state[p] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(p),
+                                      "exp_avg_sq": torch.zeros_like(p)}
+
+
+def _load_optimizer(optimizer, state: dict) -> None:
+    """``optimizer.load_state_dict`` with a work-around for megatron-core 0.16.1's distributed optimizer
+    over plain torch Adam: ``load_parameter_state_from_fully_reshardable`` copies every per-parameter
+    state key from the checkpoint, but torch Adam's ``step`` is not stored there (KeyError 'step').
+    We load the rest first, then the parameter state with ``step`` set aside."""
+    chained = getattr(optimizer, "chained_optimizers", [optimizer])
+    states = [state] if len(chained) == 1 else [state[i] for i in range(len(chained))]
+    for opt, sd in zip(chained, states, strict=True):
+        reshardable = sd.get("param_state_sharding_type") == "fully_reshardable"
+        param_state = sd.pop("param_state", None) if reshardable else None
+        opt.load_state_dict(sd)
+        if param_state is None:
+            continue
+        inner = opt.optimizer.state
+        steps = {p: s.pop("step") for p, s in inner.items() if "step" in s}
+        opt.load_parameter_state_from_fully_reshardable(param_state)
+        for p, step in steps.items():
+            inner[p]["step"] = step
+
+
+def _sharded_state(chunks, optimizer, is_loading: bool) -> dict:
+    state = model_sharded_state_dict(chunks)
+    if optimizer is not None:
+        _init_torch_adam_state(optimizer)
+        model_sd = {k: v for part in state.values() for k, v in part.items()}
+        state["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=is_loading,
+                                                          metadata=OPTIMIZER_METADATA)
+    return state
+
+
+def _rank0_then_share(fn) -> None:
+    """Run ``fn`` on rank 0; every rank raises rank 0's error, so no rank goes on alone."""
+    error = None
+    if dist.get_rank() == 0:
+        try:
+            fn()
+        except Exception as exc:  # re-raised on every rank below
+            error = f"{type(exc).__name__}: {exc}"
+    box = [error]
+    dist.broadcast_object_list(box, src=0)
+    if box[0] is not None:
+        raise CheckpointError(box[0])
+
+
+def save_state(root: str | Path, step: int, chunks: list, optimizer=None, scheduler=None,
+               extra_state: dict | None = None, keep_last: int | None = None) -> Path:
+    """Collective: write ``<root>/step_<step>`` atomically and point ``latest`` at it."""
+    root, tmp, final = Path(root), tmp_dir(root, step), step_dir(root, step)
+
+    def prepare():
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # leftover of a crashed save of the same step
+        tmp.mkdir()
+
+    _rank0_then_share(prepare)
+    dist_checkpointing.save(_sharded_state(chunks, optimizer, is_loading=False), str(tmp))
+    dist.barrier()
+    trainer_state = {
+        "format": FORMAT_VERSION, "step": step, "has_optimizer": optimizer is not None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "extra": extra_state if extra_state is not None else {},
+    }
+
+    def finish():
+        write_trainer_state(tmp, trainer_state)
+        publish(tmp, final)
+        rotate(root, keep_last)
+
+    _rank0_then_share(finish)
+    return final
+
+
+def load_state(path: str | Path, chunks: list, optimizer=None, scheduler=None) -> dict | None:
+    """Collective: load a checkpoint (a step dir, or a root's ``latest``) into this rank's shards.
+
+    Returns the trainer's ``extra_state`` (None when the root holds no checkpoint yet). The optimizer
+    and scheduler are restored only when given; a model-only checkpoint (e.g. from ``hf-to-mcore``)
+    cannot restore an optimizer.
+    """
+    ckpt = resolve_checkpoint(path)
+    if ckpt is None:
+        return None
+    verify_checkpoint(ckpt)
+    trainer_state = read_trainer_state(ckpt)
+    if optimizer is not None and not trainer_state.get("has_optimizer"):
+        raise CheckpointError(f"checkpoint {ckpt}: holds no optimizer state (saved model-only)")
+    loaded = dist_checkpointing.load(_sharded_state(chunks, optimizer, is_loading=True), str(ckpt))
+    for i, chunk in enumerate(chunks):
+        chunk.load_state_dict(loaded["model" if len(chunks) == 1 else f"model{i}"], strict=True)
+    if optimizer is not None:
+        _load_optimizer(optimizer, loaded["optimizer"])
+    if scheduler is not None and trainer_state.get("scheduler") is not None:
+        scheduler.load_state_dict(trainer_state["scheduler"])
+    return trainer_state["extra"]
