@@ -11,20 +11,23 @@ from megatron_grpo.convert.weights import load_hf_weights, stage_hf_tensors
 from megatron_grpo.model.arch import ModelArch
 from megatron_grpo.model.builder import DTYPES, build_model, build_optimizer, padded_vocab_size, wrap_ddp
 from megatron_grpo.model.forward import Batch, LossFn, forward_logprobs, train_micro_batches
+from megatron_grpo.model.init import RandomHFWeights
 
 
 class MegatronPolicy:
     """GPTModel chunks of this rank wrapped in DDP, with the (distributed) optimizer and LR schedule."""
 
     def __init__(self, arch: ModelArch, model_cfg: ModelConfig, parallel: ParallelConfig,
-                 optim: OptimizerConfig, total_steps: int, hf_weights: Mapping[str, torch.Tensor] | None = None):
+                 optim: OptimizerConfig, total_steps: int, hf_weights: Mapping[str, torch.Tensor] | None = None,
+                 seed: int = 0):
+        """``hf_weights`` (e.g. ``HFCheckpoint``) or, without them, ``RandomHFWeights(arch, seed)``: the
+        same initial model under every parallel layout."""
         self.arch = arch
         self.dtype = DTYPES[model_cfg.dtype]
         chunks = build_model(arch, model_cfg, parallel)
-        if hf_weights is not None:
-            # Before DDP/optimizer: they copy parameters into their own buffers / fp32 masters.
-            padded = padded_vocab_size(arch.vocab_size, model_cfg.make_vocab_size_divisible_by, parallel.tensor)
-            load_hf_weights(chunks, arch, hf_weights, padded)
+        # Before DDP/optimizer: they copy parameters into their own buffers / fp32 masters.
+        padded = padded_vocab_size(arch.vocab_size, model_cfg.make_vocab_size_divisible_by, parallel.tensor)
+        load_hf_weights(chunks, arch, hf_weights if hf_weights is not None else RandomHFWeights(arch, seed), padded)
         self.model = wrap_ddp(chunks, parallel)
         self.optimizer, self.scheduler = build_optimizer(self.model, optim, model_cfg, parallel, total_steps)
 

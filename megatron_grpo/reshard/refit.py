@@ -1,14 +1,14 @@
-"""Refit: stream the trained Megatron shards into the rollout engine as HF-named full tensors.
+"""Refit: stream the trained Megatron shards into the rollout engines as HF-named full tensors.
 
-Any TP/PP/DP layout works. Only the data-parallel replica that holds global rank 0 takes part (the
-other replicas hold identical weights after the optimizer step). Within it, pipeline stage by stage:
-the stage's TP ranks all-gather each parameter (``convert.weights.stage_hf_tensors``), and the stage's
-TP-rank-0 sends the full HF tensors point-to-point to global rank 0, where the engine lives. Rank 0
-feeds them to the engine lazily, which applies them in byte-bounded buckets: the extra memory is one
-bucket plus the tensor in flight, never the model.
+Colocated layout: every rank holds an engine with the full model (rollout TP 1 on CPU), so every rank
+must receive every tensor. Any TP/PP/DP layout works: pipeline stage by stage, the stage's TP ranks
+all-gather each parameter (``convert.weights.stage_hf_tensors``), then each pipeline group broadcasts it
+from that stage to the other stages. Data-parallel replicas hold identical weights after the optimizer
+step and stream in parallel, each within its own pipeline groups. Each engine takes the tensors lazily
+and applies them in byte-bounded buckets: the extra memory is one bucket plus the tensor in flight.
 
-Before anything moves, the full manifest (every HF name, shape, dtype, derived from the weight mapping)
-is checked by the engine, so a mismatch leaves the engine's previous weights untouched.
+Before anything moves, every engine checks the full manifest (every HF name, shape and dtype, derived
+from the weight mapping), so a mismatch leaves all engines' previous weights untouched.
 
 Megatron-Core's ``resharding`` module (refit.swap_model_weights) was evaluated for the regrouping step:
 it copies into a second Megatron model of the target layout, which doubles weight memory and still ends
@@ -24,7 +24,8 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
-from megatron_grpo.convert.mapping import hf_layout
+from megatron_grpo.convert.mapping import hf_layout, match_mcore, rules_for
+from megatron_grpo.convert.weights import global_named_params
 from megatron_grpo.model.policy import MegatronPolicy
 from megatron_grpo.rollout.types import RolloutEngine
 
@@ -33,71 +34,60 @@ def manifest(policy: MegatronPolicy, dtype: torch.dtype) -> dict[str, tuple[tupl
     return {name: (shape, dtype) for name, shape in hf_layout(policy.arch).items()}
 
 
-def _send_stage(tensors: Iterator[tuple[str, torch.Tensor]], dst: int, group) -> None:
-    """Stage s (> 0), TP rank 0: a header per tensor, then the tensor, to the pipeline group's rank 0."""
-    for name, tensor in tensors:
-        if ps.get_tensor_model_parallel_rank() == 0:
-            dist.send_object_list([(name, tuple(tensor.shape), tensor.dtype)], dst=dst, group=group)
-            dist.send(tensor.contiguous(), dst=dst, group=group)
-    if ps.get_tensor_model_parallel_rank() == 0:
-        dist.send_object_list([None], dst=dst, group=group)
+def _stage_manifest(policy: MegatronPolicy) -> list[tuple[str, tuple[int, ...]]]:
+    """Names and shapes this stage will stream, in order, computed without moving any data."""
+    rules, layout = rules_for(policy.arch), hf_layout(policy.arch)
+    names = []
+    for name, _ in global_named_params(policy.model):
+        match = match_mcore(name, rules)
+        if match.rule.export:
+            names += [(hf, layout[hf]) for hf in match.hf_names]
+    return names
 
 
-def _recv_stage(src: int, group) -> Iterator[tuple[str, torch.Tensor]]:
-    while True:
-        header = [None]
-        dist.recv_object_list(header, src=src, group=group)
-        if header[0] is None:
-            return
-        name, shape, dtype = header[0]
-        tensor = torch.empty(shape, dtype=dtype)
-        dist.recv(tensor, src=src, group=group)
-        yield name, tensor
-
-
-def gather_to_rank0(policy: MegatronPolicy, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
-    """Collective over the DP-rank-0 replica: yields every HF tensor on global rank 0, nothing elsewhere."""
-    if ps.get_data_parallel_rank() != 0:
-        return
+def full_weights(policy: MegatronPolicy, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
+    """Collective: every rank yields every HF tensor of the model, stage by stage."""
     group = ps.get_pipeline_model_parallel_group()
     ranks = dist.get_process_group_ranks(group)
-    pp_rank, tp_rank = ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank()
-    is_root = dist.get_rank() == 0
+    pp_rank = ps.get_pipeline_model_parallel_rank()
     for stage in range(ps.get_pipeline_model_parallel_world_size()):
-        if stage == pp_rank:
-            stream = policy.hf_tensors(dtype)
-            if stage == 0:
-                for name, tensor in stream:  # TP collective: every TP rank of stage 0 iterates
-                    if is_root:
-                        yield name, tensor
+        box = [_stage_manifest(policy) if stage == pp_rank else None]
+        if len(ranks) > 1:
+            dist.broadcast_object_list(box, src=ranks[stage], group=group)
+        local = policy.hf_tensors(dtype) if stage == pp_rank else None  # TP collective inside the stage
+        for name, shape in box[0]:
+            if local is not None:
+                got, tensor = next(local)
+                if got != name:
+                    raise RuntimeError(f"refit: stage {stage} produced '{got}' where its manifest says '{name}'")
             else:
-                _send_stage(stream, dst=ranks[0], group=group)
-        elif pp_rank == 0 and tp_rank == 0 and is_root:
-            yield from _recv_stage(src=ranks[stage], group=group)
+                tensor = torch.empty(shape, dtype=dtype)
+            if len(ranks) > 1:
+                dist.broadcast(tensor, src=ranks[stage], group=group)
+            yield name, tensor
 
 
 class RefitError(RuntimeError):
     """The engine rejected the update's manifest; its previous weights are untouched."""
 
 
-def _check_manifest_everywhere(policy: MegatronPolicy, engine: RolloutEngine | None, dtype: torch.dtype) -> None:
-    """Rank 0 checks the manifest and tells every rank, so nobody starts sending into a rejected update."""
-    verdict: list[str | None] = [None]
-    if dist.get_rank() == 0:
-        if engine is None:
-            verdict[0] = "global rank 0 holds no rollout engine"
-        else:
-            try:
-                engine.check_manifest(manifest(policy, dtype))
-            except ValueError as exc:
-                verdict[0] = str(exc)
-    dist.broadcast_object_list(verdict, src=0)
-    if verdict[0] is not None:
-        raise RefitError(f"refit rejected: {verdict[0]}")
+def _check_manifest_everywhere(policy: MegatronPolicy, engine: RolloutEngine, dtype: torch.dtype) -> None:
+    """Every engine checks the manifest; all ranks learn every verdict, so nobody streams into a rejected
+    update (which would leave the other ranks blocked in a broadcast)."""
+    try:
+        engine.check_manifest(manifest(policy, dtype))
+        mine = None
+    except ValueError as exc:
+        mine = f"rank {dist.get_rank()}: {exc}"
+    verdicts = [None] * dist.get_world_size()
+    dist.all_gather_object(verdicts, mine)
+    errors = [v for v in verdicts if v is not None]
+    if errors:
+        raise RefitError(f"refit rejected, engines keep their weights: {errors[0]}")
 
 
-def refit(policy: MegatronPolicy, engine: RolloutEngine | None, dtype: torch.dtype) -> dict[str, float]:
-    """Push the policy's current weights into ``engine`` (given on global rank 0 only). Collective."""
+def refit(policy: MegatronPolicy, engine: RolloutEngine, dtype: torch.dtype) -> dict[str, float]:
+    """Push the policy's current weights into this rank's ``engine``. Collective over all ranks."""
     start = time.perf_counter()
     sent = {"bytes": 0, "tensors": 0}
 
@@ -108,11 +98,6 @@ def refit(policy: MegatronPolicy, engine: RolloutEngine | None, dtype: torch.dty
             yield name, tensor
 
     _check_manifest_everywhere(policy, engine, dtype)
-    stream = gather_to_rank0(policy, dtype)
-    if dist.get_rank() == 0:
-        engine.update_weights(counted(stream))
-    else:
-        for _ in stream:  # drives this rank's part of the collectives
-            pass
+    engine.update_weights(counted(full_weights(policy, dtype)))
     return {"refit/seconds": time.perf_counter() - start, "refit/bytes": float(sent["bytes"]),
             "refit/tensors": float(sent["tensors"])}

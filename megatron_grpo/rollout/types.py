@@ -24,8 +24,10 @@ class Sample:
 class RolloutEngine(Protocol):
     """A generation engine holding a copy of the policy weights (vLLM here; anything with these methods)."""
 
-    def generate(self, prompts: list[list[int]], sampling: SamplingConfig, seed: int) -> list[list[Sample]]:
-        """``sampling.n`` samples per prompt; result[i][j] is sample j of prompt i."""
+    def generate(self, prompts: list[list[int]], sampling: SamplingConfig, seed: int,
+                 first_index: int = 0) -> list[list[Sample]]:
+        """``sampling.n`` samples per prompt; result[i][j] is sample j of prompt i, seeded by
+        (seed, first_index + i) so a batch split over several engines samples as one engine would."""
         ...
 
     def score(self, sequences: list[list[int]], prompt_lens: list[int]) -> list[list[float]]:

@@ -21,6 +21,8 @@ from pathlib import Path
 # Before vLLM is imported: run the engine core in this process, so weight buckets reach the worker as
 # tensors by reference (no pickling) and pytest/torchrun need no __main__ guard.
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+# vLLM logs every prefix-cache reset (one per refit) at INFO; the trainer logs what matters per step.
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
 import torch  # noqa: E402
 from transformers import AutoConfig  # noqa: E402
@@ -146,10 +148,12 @@ class VllmEngine:
 
     # ---- generation -------------------------------------------------------------------------------
 
-    def generate(self, prompts: list[list[int]], sampling: SamplingConfig, seed: int) -> list[list[Sample]]:
-        """``sampling.n`` samples per prompt; the same ``seed`` gives the same samples."""
+    def generate(self, prompts: list[list[int]], sampling: SamplingConfig, seed: int,
+                 first_index: int = 0) -> list[list[Sample]]:
+        """``sampling.n`` samples per prompt; the same ``seed`` gives the same samples. Prompt i is seeded
+        as prompt ``first_index + i`` of the call, so engines sharing a batch sample as one engine would."""
         self._check_usable()
-        params = [self._sampling_params(sampling, request_seed(seed, i)) for i in range(len(prompts))]
+        params = [self._sampling_params(sampling, request_seed(seed, first_index + i)) for i in range(len(prompts))]
         outputs = self._llm.generate(
             [TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False
         )

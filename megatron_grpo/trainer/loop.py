@@ -1,12 +1,12 @@
 """The GRPO training loop. One step:
 
     prompts = sampler.next_batch()                  # resumable, deterministic
-    rollout = engine.generate(prompts) + rewards    # rank 0: vLLM + rule-based reward; broadcast
+    rollout = engine.generate(prompts) + rewards    # vLLM + rule-based reward, prompts split over engines
     metrics = update_policy(rollout)                # advantages, (old log-probs), PPO mini-batches
     refit(policy -> engine)                         # HF-named tensors in buckets, no disk
     validate every test_freq, checkpoint every save_freq, log every step
 
-SPMD: every rank runs this loop; only rank 0 holds the engine and the reward workers.
+SPMD: every rank runs this loop and holds a colocated engine and reward workers.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from megatron_grpo.launch import shutdown
 from megatron_grpo.reshard.refit import refit
 from megatron_grpo.trainer.logger import MetricsLogger, truncate_metrics
 from megatron_grpo.trainer.probe import logprob_probe
-from megatron_grpo.trainer.rollout import broadcast_rollout, generate_and_score, step_seed
+from megatron_grpo.trainer.rollout import generate_and_score, step_seed
 from megatron_grpo.trainer.setup import (
     Run,
     barrier,
@@ -88,9 +88,8 @@ def train_step(run: Run) -> dict[str, float]:
     cfg, timer = run.cfg, StageTimer()
     items = run.dataset.select(run.sampler.next_batch())
     with timer("rollout"):
-        rollout, metrics = broadcast_rollout(*(
-            generate_and_score(run.engine, run.scorer, items, cfg.rollout.train, step_seed(cfg.trainer.seed, run.step))
-            if run.is_rank0 else (None, None)))
+        rollout, metrics = generate_and_score(run.engine, run.scorer, items, cfg.rollout.train,
+                                              step_seed(cfg.trainer.seed, run.step))
     with timer("update"):
         _inject_fault(run.step + 1, rollout)
         metrics.update(update_policy(run.policy, rollout, cfg.algo, cfg.rollout.train.max_response_length,

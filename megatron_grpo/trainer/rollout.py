@@ -1,7 +1,9 @@
 """Rollout stage: generate G responses per prompt, score them, pack the result as a ``RolloutBatch``.
 
-On this layout the engine lives on global rank 0 (colocated, one engine); rank 0 generates and scores
-the whole global batch and broadcasts it, and each DP rank then trains on its share of the sequences.
+Colocated: every rank holds an engine. The B prompts of a step are split into contiguous chunks, one
+per engine; each rank generates and scores its chunk, and the chunks are all-gathered so every rank
+holds the whole batch (each DP rank then trains on its share). Prompt i is always seeded as prompt i of
+the step, so the samples do not depend on how many engines share the batch.
 """
 
 from __future__ import annotations
@@ -46,29 +48,50 @@ def to_rollout_batch(items: list[PromptItem], samples: list[list[Sample]], rewar
     )
 
 
+def _chunk(n: int, parts: int, index: int) -> range:
+    """Contiguous, near-equal split of range(n) into ``parts``; the ``index``-th part."""
+    base, extra = divmod(n, parts)
+    start = index * base + min(index, extra)
+    return range(start, start + base + (index < extra))
+
+
 def generate_and_score(engine: RolloutEngine, scorer: RewardScorer, items: list[PromptItem],
                        sampling: SamplingConfig, seed: int) -> tuple[RolloutBatch, dict[str, float]]:
-    """Rank 0 only: one engine call for the whole batch, one scorer call for all responses."""
-    samples = engine.generate([it.prompt_ids for it in items], sampling, seed)
-    texts = [s.text for group in samples for s in group]
-    truths = [it.record.ground_truth for it in items for _ in range(sampling.n)]
-    sources = [it.record.data_source for it in items for _ in range(sampling.n)]
-    rewards = scorer.score(texts, truths, sources)
-    batch = to_rollout_batch(items, samples, rewards, sampling.n)
+    """Collective: this rank's chunk through its engine and scorer, then every rank gets the whole batch."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    mine = _chunk(len(items), world, rank)
+    chunk = [items[i] for i in mine]
+    part, stats = None, {}
+    if chunk:
+        samples = engine.generate([it.prompt_ids for it in chunk], sampling, seed, first_index=mine.start)
+        texts = [s.text for group in samples for s in group]
+        truths = [it.record.ground_truth for it in chunk for _ in range(sampling.n)]
+        sources = [it.record.data_source for it in chunk for _ in range(sampling.n)]
+        part = to_rollout_batch(chunk, samples, scorer.score(texts, truths, sources), sampling.n)
+        stats = scorer.metrics()
+    parts = [None] * world
+    dist.all_gather_object(parts, (part, stats))
+    batch = RolloutBatch.concat([p for p, _ in parts if p is not None])
+    return batch, {**_batch_metrics(batch), **_reward_stats([s for _, s in parts if s])}
+
+
+def _batch_metrics(batch: RolloutBatch) -> dict[str, float]:
     lengths = batch.response_lens.float()
-    metrics = {
+    solved = batch.rewards.view(-1, batch.group_size).max(1).values > batch.rewards.min()
+    return {
         "reward/mean": float(batch.rewards.mean()),
-        "reward/solved_groups": float((batch.rewards.view(-1, sampling.n).max(1).values > 0).float().mean()),
+        "reward/std": float(batch.rewards.std()) if batch.rewards.numel() > 1 else 0.0,
+        "reward/groups_with_signal": float((batch.rewards.view(-1, batch.group_size).std(1) > 0).float().mean()),
+        "reward/solved_groups": float(solved.float().mean()),
         "response_length/mean": float(lengths.mean()),
         "response_length/max": float(lengths.max()),
         "response_length/clip_ratio": float(batch.truncated.float().mean()),
-        **scorer.metrics(),
     }
-    return batch, metrics
 
 
-def broadcast_rollout(batch: RolloutBatch | None, metrics: dict | None) -> tuple[RolloutBatch, dict]:
-    """Every rank gets rank 0's rollout (the trainer is SPMD; only rank 0 holds the engine)."""
-    box = [(batch, metrics)]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+def _reward_stats(stats: list[dict[str, float]]) -> dict[str, float]:
+    """Grader counters summed over engines (timeouts, crashes, errors); seconds is the slowest rank's."""
+    keys = ("reward/timeouts", "reward/worker_crashes", "reward/errors")
+    out = {k: sum(s.get(k, 0.0) for s in stats) for k in keys}
+    out["reward/seconds"] = max((s.get("reward/seconds", 0.0) for s in stats), default=0.0)
+    return out

@@ -40,8 +40,8 @@ class Run:
     sampler: PromptSampler          # global batches: every rank sees all B prompts (rank 0 generates them)
     total_steps: int
     policy: MegatronPolicy
-    engine: object | None           # rank 0 only
-    scorer: object | None           # rank 0 only
+    engine: object                  # this rank's colocated rollout engine
+    scorer: object                  # this rank's reward workers
     eval_sets: list
     step: int = 0                   # last completed step
     nonfinite_streak: int = 0
@@ -69,12 +69,12 @@ def load_tokenizer(cfg: Config, arch: ModelArch):
     return tokenizer
 
 
-def engine_model_dir(cfg: Config, run_dir: Path) -> tuple[Path, bool]:
+def engine_model_dir(cfg: Config, run_dir: Path, rank: int) -> tuple[Path, bool]:
     """(HF directory the engine loads, whether it holds weights). Without a checkpoint the engine starts
     from dummy weights in a directory holding just the config; the first refit brings the policy's."""
     if cfg.model.hf_checkpoint:
         return Path(cfg.model.hf_checkpoint), True
-    target = run_dir / "engine_model"
+    target = run_dir / "engine_model" / f"rank{rank}"
     target.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(hf_config_path(cfg.model.hf_config), target / "config.json")
     return target, False
@@ -96,15 +96,14 @@ def build_run(cfg: Config, run_dir: Path) -> Run:
         from megatron_grpo.convert.hf_io import HFCheckpoint
 
         hf_weights = HFCheckpoint(cfg.model.hf_checkpoint)
-    policy = MegatronPolicy(arch, cfg.model, cfg.parallel, cfg.optim, total_steps, hf_weights)
-    engine = scorer = None
-    if env.rank == 0:
-        from megatron_grpo import reward
-        from megatron_grpo.rollout.vllm_engine import build_engine
+    policy = MegatronPolicy(arch, cfg.model, cfg.parallel, cfg.optim, total_steps, hf_weights, cfg.trainer.seed)
+    from megatron_grpo import reward
+    from megatron_grpo.rollout.vllm_engine import build_engine
 
-        model_dir, has_weights = engine_model_dir(cfg, run_dir)
-        engine = build_engine(model_dir, cfg.model.tokenizer, cfg.rollout, cfg.model.dtype, load_weights=has_weights)
-        scorer = reward.from_config(cfg.reward)
+    model_dir, has_weights = engine_model_dir(cfg, run_dir, env.rank)
+    # All ranks build together: vLLM's own groups are made collectively over the trainer's world.
+    engine = build_engine(model_dir, cfg.model.tokenizer, cfg.rollout, cfg.model.dtype, load_weights=has_weights)
+    scorer = reward.from_config(cfg.reward)
     return Run(cfg, run_dir, env, arch, tokenizer, dataset, sampler, total_steps, policy, engine, scorer, eval_sets)
 
 
