@@ -70,12 +70,12 @@ def latest_checkpoint(root: str | Path) -> Path | None:
 def resolve_checkpoint(path: str | Path) -> Path | None:
     """A checkpoint directory itself, or the ``latest`` one of a checkpoint root (None if empty)."""
     path = Path(path)
+    if _TMP.match(path.name):
+        raise CheckpointError(f"{path}: an unfinished save (tmp- directory); load its root or a step_N directory")
     if is_checkpoint_dir(path):
         return path
     if not path.is_dir():
         raise CheckpointError(f"checkpoint path {path} does not exist")
-    if _TMP.match(path.name):
-        raise CheckpointError(f"{path}: an unfinished save (tmp- directory); load its root or a step_N directory")
     return latest_checkpoint(path)
 
 

@@ -62,7 +62,9 @@ def _load_optimizer(optimizer, state: dict) -> None:
     """``optimizer.load_state_dict`` with a work-around for megatron-core 0.16.1's distributed optimizer
     over plain torch Adam: ``load_parameter_state_from_fully_reshardable`` copies every per-parameter
     state key from the checkpoint, but torch Adam's ``step`` is not stored there (KeyError 'step').
-    We load the rest first, then the parameter state with ``step`` set aside."""
+    We load the rest first, then the parameter state with ``step`` set aside. Also, ``load_state_dict``
+    gives every parameter the SAME ``step`` tensor, which torch's foreach Adam then increments once
+    per parameter; each parameter gets its own copy back."""
     chained = getattr(optimizer, "chained_optimizers", [optimizer])
     states = [state] if len(chained) == 1 else [state[i] for i in range(len(chained))]
     for opt, sd in zip(chained, states, strict=True):
@@ -75,7 +77,7 @@ def _load_optimizer(optimizer, state: dict) -> None:
         steps = {p: s.pop("step") for p, s in inner.items() if "step" in s}
         opt.load_parameter_state_from_fully_reshardable(param_state)
         for p, step in steps.items():
-            inner[p]["step"] = step
+            inner[p]["step"] = step.clone()
 
 
 def _sharded_state(chunks, optimizer, is_loading: bool) -> dict:
