@@ -12,6 +12,7 @@ import logging
 import sys
 
 from megatron_grpo.config import ConfigError, load_config
+from megatron_grpo.data import DataError
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -79,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except ConfigError as exc:
-        print(f"megatron-grpo: config error: {exc}", file=sys.stderr)
+    except (ConfigError, DataError) as exc:
+        print(f"megatron-grpo: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
 
 

@@ -91,10 +91,10 @@ def check_world(cfg: Config, world_size: int, num_attention_heads: int, num_quer
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Load ``path`` (default: the embedded tiny CPU config), apply dotted overrides, validate."""
     path = Path(path) if path is not None else DEFAULT_CONFIG
-    data = apply_overrides(read_yaml(path), list(overrides or []))
-    base = path.resolve().parent
+    # Paths written in the file are relative to the file; paths given as overrides, to the working dir.
+    data = apply_overrides(_resolve_paths(read_yaml(path), path.resolve().parent), list(overrides or []))
     try:
-        return from_dict(Config, _resolve_paths(data, base))
+        return from_dict(Config, data)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -25,6 +26,7 @@ from megatron_grpo.algo.loss import reduce_metrics
 from megatron_grpo.model.logprobs import token_entropy, token_logprobs
 
 Batch = dict[str, torch.Tensor]
+Entropy = Literal["off", "metric", "loss"]  # not computed / detached metric / differentiable (entropy bonus)
 LossFn = Callable[[torch.Tensor, torch.Tensor, Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
@@ -37,7 +39,7 @@ def _pad_to_multiple(tokens: torch.Tensor, multiple: int) -> torch.Tensor:
     return torch.nn.functional.pad(tokens, (0, pad)) if pad else tokens
 
 
-def _forward_step(vocab_size: int, temperature: float, loss_fn: LossFn | None, with_entropy: bool,
+def _forward_step(vocab_size: int, temperature: float, loss_fn: LossFn | None, entropy: Entropy,
                   data_iterator, model):
     batch = next(data_iterator)
     tokens = batch["tokens"]
@@ -46,15 +48,18 @@ def _forward_step(vocab_size: int, temperature: float, loss_fn: LossFn | None, w
     padded = _pad_to_multiple(tokens, ps.get_tensor_model_parallel_world_size())
     positions = torch.arange(padded.shape[1], device=padded.device).expand_as(padded)
     output = model(padded, positions, _causal_mask(padded.shape[1], padded.device))
-    return output, partial(_loss_step, batch, length, vocab_size, temperature, loss_fn, with_entropy)
+    return output, partial(_loss_step, batch, length, vocab_size, temperature, loss_fn, entropy)
 
 
 def _loss_step(batch: Batch, length: int, vocab_size: int, temperature: float, loss_fn: LossFn | None,
-               with_entropy: bool, logits: torch.Tensor):
+               entropy_mode: Entropy, logits: torch.Tensor):
     logits = logits[:, :length]
     targets = torch.roll(batch["tokens"], shifts=-1, dims=1)  # position t predicts token t+1
-    entropy = token_entropy(logits, vocab_size, temperature) if with_entropy else None
-    logprobs = token_logprobs(logits, targets, vocab_size, temperature)
+    entropy = None
+    if entropy_mode != "off":
+        entropy = token_entropy(logits, vocab_size, temperature, differentiable=entropy_mode == "loss")
+    # Last use of the logits: scale them in place (one logits-sized fp32 tensor fewer at the peak).
+    logprobs = token_logprobs(logits, targets, vocab_size, temperature, inplace=entropy_mode != "loss")
     if loss_fn is None:  # forward only: hand the per-token values back
         outputs = {"logprobs": logprobs}
         if entropy is not None:
@@ -65,10 +70,10 @@ def _loss_step(batch: Batch, length: int, vocab_size: int, temperature: float, l
 
 
 def run_micro_batches(model: list, micro_batches: list[Batch], vocab_size: int, temperature: float,
-                      loss_fn: LossFn | None, with_entropy: bool = False) -> list[dict[str, torch.Tensor]]:
+                      loss_fn: LossFn | None, entropy: Entropy = "off") -> list[dict[str, torch.Tensor]]:
     """Forward (and backward when ``loss_fn`` is given) over all micro-batches; per-micro-batch outputs
     on the last pipeline stage, an empty list elsewhere."""
-    step = partial(_forward_step, vocab_size, temperature, loss_fn, with_entropy)
+    step = partial(_forward_step, vocab_size, temperature, loss_fn, entropy)
     chunks = len(model)
     iterators = [iter(micro_batches) for _ in range(chunks)]
     return get_forward_backward_func()(
@@ -86,7 +91,8 @@ def forward_logprobs(model: list, micro_batches: list[Batch], vocab_size: int, t
                      with_entropy: bool = False) -> list[Batch]:
     """Per-token log-probs (and entropy) of every micro-batch, on every rank of the pipeline."""
     with torch.no_grad():
-        outputs = run_micro_batches(model, micro_batches, vocab_size, temperature, None, with_entropy)
+        outputs = run_micro_batches(model, micro_batches, vocab_size, temperature, None,
+                                    "metric" if with_entropy else "off")
     keys = ("logprobs", "entropy") if with_entropy else ("logprobs",)
     result = []
     for i, mb in enumerate(micro_batches):
@@ -108,7 +114,7 @@ def broadcast_from_last_stage(tensor: torch.Tensor) -> torch.Tensor:
 
 def train_micro_batches(model: list, optimizer, micro_batches: list[Batch], vocab_size: int,
                         temperature: float, loss_fn: LossFn,
-                        with_entropy: bool = True) -> tuple[dict[str, float], bool, float]:
+                        entropy: Entropy = "metric") -> tuple[dict[str, float], bool, float]:
     """One optimizer step over ``micro_batches``: zero grads, forward/backward, sync grads, step.
 
     Returns (summed metrics, whether the update was applied, grad norm). Metrics are summed over
@@ -117,7 +123,7 @@ def train_micro_batches(model: list, optimizer, micro_batches: list[Batch], voca
     for chunk in model:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
-    outputs = run_micro_batches(model, micro_batches, vocab_size, temperature, loss_fn, with_entropy)
+    outputs = run_micro_batches(model, micro_batches, vocab_size, temperature, loss_fn, entropy)
     finalize_model_grads(model)  # DP grad all-reduce/reduce-scatter, tied-embedding and SP norm grads
     grads_finite = _grads_finite(model)
     if grads_finite:

@@ -10,7 +10,7 @@ from megatron_grpo.config import ModelConfig, OptimizerConfig, ParallelConfig
 from megatron_grpo.convert.weights import load_hf_weights, stage_hf_tensors
 from megatron_grpo.model.arch import ModelArch
 from megatron_grpo.model.builder import DTYPES, build_model, build_optimizer, padded_vocab_size, wrap_ddp
-from megatron_grpo.model.forward import Batch, LossFn, forward_logprobs, train_micro_batches
+from megatron_grpo.model.forward import Batch, Entropy, LossFn, forward_logprobs, train_micro_batches
 from megatron_grpo.model.init import RandomHFWeights
 
 
@@ -38,12 +38,12 @@ class MegatronPolicy:
         return forward_logprobs(self.model, micro_batches, self.arch.vocab_size, temperature, with_entropy)
 
     def train_step(self, micro_batches: list[Batch], loss_fn: LossFn, temperature: float = 1.0,
-                   with_entropy: bool = True) -> tuple[dict[str, float], bool, float]:
+                   entropy: Entropy = "metric") -> tuple[dict[str, float], bool, float]:
         """(metrics summed over micro-batches and DP ranks, update applied, grad norm)."""
         for chunk in self.model:
             chunk.train()
         metrics, applied, grad_norm = train_micro_batches(
-            self.model, self.optimizer, micro_batches, self.arch.vocab_size, temperature, loss_fn, with_entropy
+            self.model, self.optimizer, micro_batches, self.arch.vocab_size, temperature, loss_fn, entropy
         )
         if applied:
             self.scheduler.step(increment=1)

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from megatron_grpo.algo import dynamic_sampling
 from megatron_grpo.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from megatron_grpo.config import Config
 from megatron_grpo.launch import shutdown
@@ -86,10 +87,10 @@ def train(cfg: Config, run_dir: str | Path) -> int:
 
 def train_step(run: Run) -> dict[str, float]:
     cfg, timer = run.cfg, StageTimer()
-    items = run.dataset.select(run.sampler.next_batch())
     with timer("rollout"):
-        rollout, metrics = generate_and_score(run.engine, run.scorer, items, cfg.rollout.train,
-                                              step_seed(cfg.trainer.seed, run.step))
+        rollout, metrics = _rollout(run)
+    if rollout is None:  # dynamic sampling found no group with reward signal: nothing to learn from
+        return {**metrics, **timer.metrics(), "actor/updates_applied": 0.0, "actor/updates": 0.0}
     with timer("update"):
         _inject_fault(run.step + 1, rollout)
         metrics.update(update_policy(run.policy, rollout, cfg.algo, cfg.rollout.train.max_response_length,
@@ -103,6 +104,26 @@ def train_step(run: Run) -> dict[str, float]:
     metrics.update(timer.metrics())
     metrics.update({"perf/tokens_per_s": tokens / max(timer.total, 1e-9), "data/epoch": float(run.sampler.epoch)})
     return metrics
+
+
+def _rollout(run: Run):
+    """One batch of prompts; with DAPO dynamic sampling, more batches until enough groups carry signal.
+    Metrics describe the first, unfiltered batch (comparable across runs) plus the sampling counts."""
+    cfg, first = run.cfg, {}
+
+    def generate(attempt: int):
+        items = run.dataset.select(run.sampler.next_batch())
+        seed = step_seed(cfg.trainer.seed, run.step if attempt == 0 else f"{run.step}/{attempt}")
+        batch, metrics = generate_and_score(run.engine, run.scorer, items, cfg.rollout.train, seed)
+        first.update(metrics if attempt == 0 else {})
+        return batch
+
+    if not cfg.algo.dynamic_sampling:
+        return generate(0), first
+    result = dynamic_sampling(generate, cfg.data.batch_prompts, cfg.algo.dynamic_sampling_max_tries)
+    first.update({"dynamic_sampling/tries": float(result.tries), "dynamic_sampling/groups_kept": float(
+        result.groups_kept), "dynamic_sampling/groups_seen": float(result.groups_seen)})
+    return result.batch, first
 
 
 def _check_finite(run: Run, metrics: dict[str, float]) -> None:

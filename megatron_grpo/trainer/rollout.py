@@ -20,7 +20,7 @@ from megatron_grpo.reward import RewardScorer
 from megatron_grpo.rollout.types import RolloutEngine, Sample
 
 
-def step_seed(seed: int, step: int) -> int:
+def step_seed(seed: int, step: int | str) -> int:
     """The engine seed of a step: a pure function of (seed, step), so a resumed run samples the same."""
     return int.from_bytes(hashlib.blake2b(f"{seed}/{step}".encode(), digest_size=4).digest(), "little")
 

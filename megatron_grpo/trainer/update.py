@@ -113,7 +113,8 @@ def update_policy(policy: MegatronPolicy, rollout: RolloutBatch, cfg: AlgoConfig
         dist.all_reduce(counts, group=ps.get_data_parallel_group())
         norm = LossNorm.from_counts(counts, max_response_len)
         mbs = [_micro_batch(batch, rollout, idx) for idx in mine]
-        step_metrics, ok, grad_norm = policy.train_step(mbs, _loss_fn(cfg, norm, on_policy), temperature)
+        entropy = "loss" if cfg.entropy_coef > 0 else "metric"
+        step_metrics, ok, grad_norm = policy.train_step(mbs, _loss_fn(cfg, norm, on_policy), temperature, entropy)
         applied += int(ok)
         metrics.update(step_metrics)
         metrics["actor/grad_norm"] = grad_norm

@@ -1,0 +1,110 @@
+"""Strict config loading: round trip, clear errors, every shipped YAML, and the reference settings."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from megatron_grpo.config import Config, ConfigError, check_world, dump_yaml, load_config, to_dict
+from megatron_grpo.config.loader import from_dict
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_yaml_loads_and_round_trips(path, tmp_path):
+    cfg = load_config(path)
+    dump_yaml(cfg, tmp_path / "resolved.yaml")
+    assert load_config(tmp_path / "resolved.yaml") == cfg
+    assert to_dict(from_dict(Config, to_dict(cfg))) == to_dict(cfg)
+
+
+def test_default_is_the_embedded_tiny_config():
+    assert load_config() == load_config(REPO / "configs" / "tiny_cpu.yaml")
+
+
+def test_overrides_parse_types_and_paths_relative_to_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, ["optim.lr=2e-6", "rollout.train.n=4", "logging.wandb=true", "model.tokenizer=tok"])
+    assert cfg.optim.lr == 2e-6 and cfg.rollout.train.n == 4 and cfg.logging.wandb is True
+    assert cfg.model.tokenizer == "tok"  # an override path is taken as given (relative to the working dir)
+    assert Path(load_config().model.tokenizer).is_absolute()  # a file path is resolved against the file
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["optim.lrr=1"], "unknown key 'optim.lrr' (did you mean 'lr'?)"),
+    (["trainer.seed=abc"], "trainer.seed: expected an integer, got str 'abc'"),
+    (["optim.lr=-1"], "optim.lr: must be > 0, got -1.0"),
+    (["rollout.train.n=1"], "rollout.train.n: GRPO needs >= 2 responses per prompt"),
+    (["algo.mini_batch_prompts=48"], "algo.mini_batch_prompts: 48 must divide data.batch_prompts 64"),
+    (["algo.loss_agg_mode=mean"], "loss_agg_mode: 'mean' is not one of"),
+    (["parallel.sequence_parallel=true"], "sequence_parallel: needs tensor > 1"),
+    (["rollout.train.max_response_length=100"], "exceeds max_model_len 64"),
+    (["model.dtype=fp8"], "model.dtype: 'fp8' is not one of ['fp32', 'bf16', 'fp16']"),
+    (["nonsense"], "override 'nonsense' must look like key.path=value"),
+])
+def test_invalid_values_name_the_key(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    assert message in str(err.value)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("model: [unclosed")
+    with pytest.raises(ConfigError, match="bad.yaml: invalid YAML"):
+        load_config(tmp_path / "bad.yaml")
+
+
+@pytest.mark.parametrize(("world", "layout", "message"), [
+    (6, ["parallel.tensor=4"], "world size 6 is not divisible by tensor x pipeline = 4"),
+    (8, ["parallel.tensor=8"], "parallel.tensor: 8 does not divide num_attention_heads 4"),
+    (3, [], "data.batch_prompts: 64 is not divisible by data-parallel size 3"),
+    (4, ["parallel.pipeline=4"], "4 model chunks do not divide num_hidden_layers 2"),
+])
+def test_world_checks(world, layout, message):
+    cfg = load_config(None, layout)
+    with pytest.raises(ConfigError) as err:
+        check_world(cfg, world, num_attention_heads=4, num_query_groups=2, num_layers=2)
+    assert message in str(err.value)
+
+
+def _reference_table() -> dict[str, str]:
+    """The 'Settings stated on the model card' table of shared/REFERENCE.md: setting -> value."""
+    text = (SHARED / "REFERENCE.md").read_text()
+    rows = re.findall(r"^\| ([^|]+?) \| ([^|]+?) \|$", text, flags=re.M)
+    return {k.strip(): v.strip() for k, v in rows if k.strip() not in ("setting", "---")}
+
+
+def test_reference_config_matches_reference_md():
+    cfg = load_config(REPO / "configs" / "qwen3_4b_dapo.yaml")
+    ref = _reference_table()
+    tokens = lambda key: int(re.search(r"\d+", ref[key]).group())  # noqa: E731
+    assert cfg.rollout.train.n == int(ref["responses per prompt (n)"])
+    assert cfg.rollout.max_prompt_length == tokens("max prompt length")
+    assert cfg.rollout.train.max_response_length == tokens("max response length (training)")
+    assert cfg.rollout.val.max_response_length == tokens("max response length (validation)")
+    assert cfg.rollout.max_model_len == int(ref["max model length"])
+    temperature, penalty = (float(x) for x in ref["rollout temperature / repetition penalty"].split("/"))
+    assert (cfg.rollout.train.temperature, cfg.rollout.train.repetition_penalty) == (temperature, penalty)
+    assert cfg.optim.lr == float(ref["learning rate"])
+    assert cfg.algo.mini_batch_prompts == cfg.data.batch_prompts == tokens("PPO mini-batch size")
+    assert cfg.parallel.tensor == int(ref["tensor parallel"])
+    assert cfg.trainer.total_epochs == int(ref["epochs"])
+    assert cfg.trainer.test_freq == cfg.checkpoint.save_freq == tokens("save / test frequency")
+    assert cfg.algo.loss_agg_mode == ref["loss aggregation"]
+    assert ref["KL loss"].startswith("disabled") and cfg.algo.kl_coef == 0.0
+    assert "GRPO" in ref["algorithm"] and cfg.algo.advantage == "grpo" and cfg.algo.outcome_weight == 1.0
+    # from the launch scripts (REFERENCE.md, second and third sections)
+    assert (cfg.algo.rollout_is, cfg.algo.rollout_is_threshold) == ("token", 2.0)
+    assert cfg.algo.micro_batch_tokens == 32768 and cfg.rollout.gpu_memory_utilization == 0.8
+    assert (cfg.optim.weight_decay, cfg.optim.grad_clip, cfg.optim.lr_schedule) == (0.01, 1.0, "constant")
+    assert (cfg.rollout.val.n, cfg.rollout.val.top_p, cfg.rollout.val.temperature) == (16, 0.95, 1.0)
+    assert cfg.model.dtype == "fp32" and cfg.data.shuffle is False and cfg.data.enable_thinking is False
+    assert [s.name for s in cfg.eval.sets] == ["aime25", "amc23", "aime24"]
+    assert all(Path(s.path).is_file() for s in cfg.eval.sets) and Path(cfg.data.train_files[0]).is_file()
+    assert Path(cfg.model.hf_config).is_file() and Path(cfg.model.tokenizer).is_dir()
