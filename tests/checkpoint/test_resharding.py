@@ -35,8 +35,7 @@ def _step(policy, vocab: int):
     dp, rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
     mbs = [{"tokens": tokens[[i]], "mask": mask[[i]], "adv": adv[[i]]} for i in range(rank, SEQS, dp)]
     total = mask.sum()
-    policy.train_step(mbs, lambda lp, _entropy, b: (-(lp * b["adv"] * b["mask"]).sum() / total, {}),
-                      with_entropy=False)
+    policy.train_step(mbs, lambda lp, _entropy, b: (-(lp * b["adv"] * b["mask"]).sum() / total, {}))
 
 
 def _snapshot(policy, vocab: int) -> dict:
