@@ -40,7 +40,8 @@ def _convert_rank(hf_dir: str, out: str, tp: int, pp: int, dtype: str, divisible
     from megatron_grpo.config import ModelConfig, ParallelConfig
     from megatron_grpo.convert.weights import load_hf_weights
     from megatron_grpo.launch import init_distributed, shutdown
-    from megatron_grpo.model.builder import build_model, padded_vocab_size
+    from megatron_grpo.model.arch import padded_vocab_size
+    from megatron_grpo.model.builder import build_model
 
     par = ParallelConfig(tensor=tp, pipeline=pp, distributed_optimizer=False)
     init_distributed(par, seed=0)

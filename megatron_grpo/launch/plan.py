@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, replace
 
 from megatron_grpo.config import Config, ConfigError, check_world, load_config
-from megatron_grpo.model.arch import ModelArch, load_arch
+from megatron_grpo.model.arch import ModelArch, load_arch, padded_vocab_size
 
 GIB = 2**30
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -141,12 +141,6 @@ class Plan:
 # ---- model arithmetic ----------------------------------------------------------------------------
 
 
-def padded_vocab(arch: ModelArch, divisible_by: int, tp: int) -> int:
-    """Megatron's embedding rows (model.builder.padded_vocab_size, kept torch-free here)."""
-    multiple = divisible_by * tp
-    return -(-arch.vocab_size // multiple) * multiple
-
-
 def layer_params(arch: ModelArch, tp: int = 1) -> int:
     """One decoder layer on one TP rank: q,k,v,o and gate,up,down are split, the four norms are not."""
     h, d, f = arch.hidden_size, arch.head_dim, arch.ffn_hidden_size
@@ -203,7 +197,7 @@ def plan(cfg: Config, arch: ModelArch, nodes: int, gpus_per_node: int, gpu_mem_g
 def _plan(cfg: Config, arch: ModelArch, nodes: int, gpus_per_node: int, gpu_mem_gb: float,
           assume: Assumptions) -> Plan:
     layout = _layout(cfg, arch, nodes * gpus_per_node, assume.engines)
-    vocab = padded_vocab(arch, cfg.model.make_vocab_size_divisible_by, layout.tp)
+    vocab = padded_vocab_size(arch.vocab_size, cfg.model.make_vocab_size_divisible_by, layout.tp)
     per_gpu = stage_params(arch, layout.tp, layout.pp, vocab)
     train = _train_memory(cfg, arch, layout, per_gpu, vocab)
     rollout = _rollout_memory(cfg, arch, layout, train, gpu_mem_gb * GIB, assume)

@@ -7,6 +7,7 @@ field that disqualifies it, so an MoE or sliding-window checkpoint never trains 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,3 +106,14 @@ def arch_from_dict(cfg: dict[str, Any], where: str = "<config>") -> ModelArch:
             f"{where}: field 'architectures' = {archs[0]!r} is not supported (supported: {sorted(SUPPORTED)})"
         )
     return builder(cfg, where)
+
+
+def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:
+    """Embedding rows: vocab rounded up to a multiple of lcm(divisible_by, TP).
+
+    Megatron-LM pads to divisible_by * TP, which changes the embedding's shape with the TP size, and
+    megatron-core 0.16.1 cannot reshard the embedding's optimizer state across such a change. With the
+    lcm, power-of-two TP sizes up to divisible_by all give the same shape (Qwen3's 151936 needs no
+    padding at all), so checkpoints move freely between layouts."""
+    multiple = math.lcm(divisible_by, tp)
+    return -(-vocab_size // multiple) * multiple

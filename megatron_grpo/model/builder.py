@@ -19,16 +19,10 @@ from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.spec_utils import ModuleSpec
 
 from megatron_grpo.config import ConfigError, ModelConfig, OptimizerConfig, ParallelConfig
-from megatron_grpo.model.arch import ModelArch
+from megatron_grpo.model.arch import ModelArch, padded_vocab_size
 from megatron_grpo.platform import has_cuda
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:
-    """Embedding rows Megatron allocates: vocab rounded up to a multiple of divisible_by * TP."""
-    multiple = divisible_by * tp
-    return -(-vocab_size // multiple) * multiple
 
 
 def use_transformer_engine(model_cfg: ModelConfig) -> bool:

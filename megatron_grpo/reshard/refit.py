@@ -17,6 +17,7 @@ in Megatron names, so vLLM would need a further HF-naming pass; this direct stre
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 
@@ -30,7 +31,12 @@ from megatron_grpo.model.policy import MegatronPolicy
 from megatron_grpo.rollout.types import RolloutEngine
 
 
+class RefitError(RuntimeError):
+    """The engine rejected the update's manifest; its previous weights are untouched."""
+
+
 def manifest(policy: MegatronPolicy, dtype: torch.dtype) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """HF name -> (shape, dtype) of everything a refit sends, known without touching the weights."""
     return {name: (shape, dtype) for name, shape in hf_layout(policy.arch).items()}
 
 
@@ -58,8 +64,9 @@ def full_weights(policy: MegatronPolicy, dtype: torch.dtype) -> Iterator[tuple[s
         for name, shape in box[0]:
             if local is not None:
                 got, tensor = next(local)
-                if got != name:
-                    raise RuntimeError(f"refit: stage {stage} produced '{got}' where its manifest says '{name}'")
+                if (got, tuple(tensor.shape)) != (name, shape):  # receivers size their buffers by the manifest
+                    raise RuntimeError(f"refit: stage {stage} produced '{got}' {tuple(tensor.shape)} where "
+                                       f"its manifest says '{name}' {shape}")
             else:
                 tensor = torch.empty(shape, dtype=dtype)
             if len(ranks) > 1:
@@ -67,20 +74,32 @@ def full_weights(policy: MegatronPolicy, dtype: torch.dtype) -> Iterator[tuple[s
             yield name, tensor
 
 
-class RefitError(RuntimeError):
-    """The engine rejected the update's manifest; its previous weights are untouched."""
+def _engine_verdict(policy: MegatronPolicy, engine: RolloutEngine, dtype: torch.dtype) -> str | None:
+    """Why this rank's engine cannot take the update, or None. Any exception becomes a verdict: a rank
+    that raised here alone would leave the others blocked in the collectives that follow."""
+    full = manifest(policy, dtype)
+    try:
+        engine.check_manifest(full)
+    except Exception as exc:  # reported to every rank, raised there as RefitError
+        return f"rank {dist.get_rank()}: {exc}"
+    # An engine with tied embeddings accepts lm_head.weight as an alias of the embedding and drops it,
+    # which would silently discard an untied policy's output layer: it must insist on those names.
+    own = set(full) - set(hf_layout(dataclasses.replace(policy.arch, tie_word_embeddings=True)))
+    if own:
+        try:
+            engine.check_manifest({name: spec for name, spec in full.items() if name not in own})
+        except Exception:  # the engine needs them: it is untied too
+            return None
+        return (f"rank {dist.get_rank()}: {sorted(own)[0]}: the policy has untied embeddings but the engine "
+                f"ties this tensor to the input embedding (tie_word_embeddings differs)")
+    return None
 
 
 def _check_manifest_everywhere(policy: MegatronPolicy, engine: RolloutEngine, dtype: torch.dtype) -> None:
     """Every engine checks the manifest; all ranks learn every verdict, so nobody streams into a rejected
     update (which would leave the other ranks blocked in a broadcast)."""
-    try:
-        engine.check_manifest(manifest(policy, dtype))
-        mine = None
-    except ValueError as exc:
-        mine = f"rank {dist.get_rank()}: {exc}"
     verdicts = [None] * dist.get_world_size()
-    dist.all_gather_object(verdicts, mine)
+    dist.all_gather_object(verdicts, _engine_verdict(policy, engine, dtype))
     errors = [v for v in verdicts if v is not None]
     if errors:
         raise RefitError(f"refit rejected, engines keep their weights: {errors[0]}")

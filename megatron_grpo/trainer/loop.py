@@ -60,7 +60,7 @@ def train(cfg: Config, run_dir: str | Path) -> int:
     logger = MetricsLogger(run_dir, cfg.logging, run.total_steps, run.step, run_dir.name) if run.is_rank0 else None
     try:
         while run.step < run.total_steps:
-            metrics = train_step(run)
+            metrics = _oom_hint(train_step, run)
             run.step += 1
             if cfg.trainer.test_freq and run.step % cfg.trainer.test_freq == 0:
                 metrics.update(validate(run))
@@ -124,6 +124,17 @@ def _rollout(run: Run):
     first.update({"dynamic_sampling/tries": float(result.tries), "dynamic_sampling/groups_kept": float(
         result.groups_kept), "dynamic_sampling/groups_seen": float(result.groups_seen)})
     return result.batch, first
+
+
+def _oom_hint(step_fn, run: Run) -> dict[str, float]:
+    try:
+        return step_fn(run)
+    except torch.OutOfMemoryError as exc:
+        raise RuntimeError(
+            f"out of GPU memory at step {run.step + 1}: lower algo.micro_batch_tokens (now "
+            f"{run.cfg.algo.micro_batch_tokens}), set model.recompute=full, raise parallel.tensor/pipeline, or lower "
+            f"rollout.gpu_memory_utilization; `megatron-grpo plan` estimates each of these"
+        ) from exc
 
 
 def _check_finite(run: Run, metrics: dict[str, float]) -> None:
