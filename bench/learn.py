@@ -41,8 +41,10 @@ def judge(rewards: list[float], wall_s: float) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="trainer config overrides")
-    parser.add_argument("--keep", default=None, help="run dir to keep (default: a temp dir)")
+    parser.add_argument("--keep", default=None, help="new run dir to keep (default: a temp dir)")
     args = parser.parse_args()
+    if args.keep and Path(args.keep).exists():
+        parser.error(f"--keep {args.keep} exists: the trainer would resume it instead of learning from scratch")
     with tempfile.TemporaryDirectory(prefix="learn_") as tmp:
         run_dir = Path(args.keep or Path(tmp) / "run")
         log = Path(tmp) / "train.log"
