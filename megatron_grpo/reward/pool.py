@@ -9,6 +9,11 @@ queue; a worker that dies (segfault, ``os._exit``, OOM kill) is handled the same
 Workers are started with 'forkserver' (default) or 'spawn', never 'fork': the trainer process has torch and
 gloo threads, and forking a threaded process can deadlock the child. Start-up (importing sympy) is paid once
 per worker, when the pool is built or a worker is replaced, never per call.
+
+Workers ignore SIGTERM/SIGUSR1/SIGINT: on pre-emption Slurm/torchrun signal the whole process group, and
+the trainer, which finishes its step before saving, still needs its graders (a forkserver killed by the same
+signal is restarted by multiprocessing on the next worker start). Workers exit when the trainer's end of
+their pipe closes.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import math
 import multiprocessing as mp
 import os
+import signal
 import time
 import weakref
 from collections import deque
@@ -142,9 +148,12 @@ class _Worker:
         self.started_at = time.monotonic()
 
     def submit(self, calls: list[Call]) -> None:
-        self.conn.send([(c.fn, c.args, c.kwargs) for c in calls])
         self.pending.extend(calls)
         self.started_at = time.monotonic()
+        try:
+            self.conn.send([(c.fn, c.args, c.kwargs) for c in calls])
+        except OSError:  # the worker died since its last result: drain() reports CRASH and it is replaced
+            pass
 
     def drain(self, results: dict[int, float | str]) -> str | None:
         """Read every available message; ``CRASH`` when the process is gone, else ``None``."""
@@ -166,6 +175,9 @@ class _Worker:
         self.conn.close()
 
 
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+
 def _shutdown(workers: list[_Worker]) -> None:
     for worker in workers:
         try:
@@ -180,6 +192,8 @@ def _shutdown(workers: list[_Worker]) -> None:
 
 def _serve(conn: Connection) -> None:
     """Worker main loop: one result message per call, in order."""
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
     import megatron_grpo.reward  # noqa: F401 - registers the built-in rewards, pays the sympy import now
 
     conn.send(_READY)

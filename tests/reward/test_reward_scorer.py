@@ -107,3 +107,16 @@ def test_score_batch_with_spawn_workers():
 def test_config_rejects_bad_values(data, message):
     with pytest.raises(ConfigError, match=message):
         from_dict(RewardConfig, data)
+
+
+def test_workers_survive_the_stop_signals_sent_to_the_process_group():
+    """Pre-emption signals reach every process of the job; the graders must keep working meanwhile."""
+    import os
+    import signal
+
+    with RewardScorer(workers=1, timeout_s=5.0) as scorer:
+        for pid in scorer.pool.pids():
+            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGUSR1)
+        assert scorer.score(["Answer: 4"], ["4"]) == [1.0]
+        assert scorer.metrics()["reward/worker_crashes"] == 0.0

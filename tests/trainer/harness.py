@@ -1,0 +1,75 @@
+"""Running the real CLI in subprocesses: shared by the trainer tests and bench/resume.py."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from megatron_grpo.trainer.logger import read_metrics
+
+REPO = Path(__file__).resolve().parents[2]
+QUIET = ["logging.progress_bar=false", "logging.tensorboard=false"]
+DETERMINISTIC = ("reward/mean", "loss", "actor/grad_norm", "response_length/mean", "actor/entropy")
+
+
+def env(extra: dict | None = None) -> dict:
+    base = {**os.environ, "OMP_NUM_THREADS": "1", "TORCHINDUCTOR_CACHE_DIR": str(REPO / ".cache" / "torchinductor")}
+    return {**base, **(extra or {})}
+
+
+def cmd(run_dir: Path, *overrides: str, nproc: int = 1) -> list[str]:
+    args = ["train", "--run-dir", str(run_dir), *QUIET, *overrides]
+    if nproc == 1:
+        return [sys.executable, "-m", "megatron_grpo", *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+            "--master-port", str(random.randint(20000, 40000)), "-m", "megatron_grpo", *args]
+
+
+def train(run_dir: Path, *overrides: str, nproc: int = 1, extra_env: dict | None = None,
+          timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd(run_dir, *overrides, nproc=nproc), env=env(extra_env), capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+
+
+def wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(read_metrics(run_dir)) >= step:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"run did not reach step {step} (exit code {proc.poll()})")
+
+
+def kill_and_resume(run_dir: Path, overrides: list[str], kills: int, last_step: int, seed: int = 0) -> int:
+    """SIGKILL the run ``kills`` times at random moments (rollout, update, refit, or inside a checkpoint
+    save), restarting it each time, then let it finish. Returns the number of kills made."""
+    rng, made = random.Random(seed), 0
+    for _ in range(kills):
+        done = len(read_metrics(run_dir))
+        if done >= last_step - 1:
+            break
+        proc = subprocess.Popen(cmd(run_dir, *overrides), env=env(), cwd=REPO, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        wait_for_step(run_dir, rng.randint(done + 1, min(done + 2, last_step - 1)), proc)
+        time.sleep(rng.uniform(0.0, 0.4))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        made += 1
+    proc = train(run_dir, *overrides)
+    if proc.returncode != 0:
+        raise AssertionError(proc.stderr[-3000:])
+    return made
+
+
+def mismatches(run_dir: Path, reference: list[dict]) -> list[str]:
+    """Per-step differences of the deterministic metrics (empty when the runs agree exactly)."""
+    got = read_metrics(run_dir)
+    if [r["step"] for r in got] != [r["step"] for r in reference]:
+        return [f"steps {[r['step'] for r in got]} != {[r['step'] for r in reference]}"]
+    return [f"step {a['step']} {k}: {a[k]} != {b[k]}" for a, b in zip(got, reference, strict=True)
+            for k in DETERMINISTIC if a[k] != b[k]]
