@@ -12,7 +12,9 @@ import logging
 import sys
 
 from megatron_grpo.config import ConfigError, load_config
+from megatron_grpo.convert.cli import add_convert_arguments, run_convert
 from megatron_grpo.data import DataError
+from megatron_grpo.launch.plan import add_plan_arguments, run_plan
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -55,23 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", default=None, help="report directory (default <run_dir>/eval)")
     evaluate.set_defaults(func=_eval)
 
-    try:
-        from megatron_grpo.launch.plan import add_plan_arguments, run_plan
-    except ImportError:
-        pass
-    else:
-        plan = sub.add_parser("plan", help="dry-run: layout, per-GPU memory and throughput estimate")
-        add_plan_arguments(plan)
-        plan.set_defaults(func=run_plan)
+    plan = sub.add_parser("plan", help="dry-run: layout, per-GPU memory and throughput estimate")
+    add_plan_arguments(plan)
+    plan.set_defaults(func=run_plan)
 
-    try:
-        from megatron_grpo.convert.cli import add_convert_arguments, run_convert
-    except ImportError:
-        pass
-    else:
-        convert = sub.add_parser("convert", help="convert checkpoints: mcore-to-hf / hf-to-mcore")
-        add_convert_arguments(convert)
-        convert.set_defaults(func=run_convert)
+    convert = sub.add_parser("convert", help="convert checkpoints: mcore-to-hf / hf-to-mcore")
+    add_convert_arguments(convert)
+    convert.set_defaults(func=run_convert)
     return parser
 
 

@@ -1,8 +1,9 @@
 """Write the embedded demo task: ``<bos> a + b = Answer:`` -> the digit (a + b) mod 10.
 
 train.jsonl: every (a, b) pair of single digits ``--copies`` times, so an epoch holds several batches
-and the shuffled sampler mixes them; eval.jsonl: each of the 100 pairs once (validation set). ``data_source`` "math" routes the responses to the math reward, which
-reads the bare digit through its ``last_number`` fallback. Usage: ``python tools/make_tiny_task.py``.
+and the shuffled sampler mixes them; eval.jsonl: each of the 100 pairs once (validation set).
+``data_source`` "math" routes the responses to the math reward, which reads the bare digit through its
+``last_number`` fallback. Usage: ``python tools/make_tiny_task.py``.
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ class TrainMemory:
     optimizer: float
     activations: float  # stored for backward: all layers in flight (full recompute: their inputs only)
     recompute: float  # one layer's activations re-created in backward (full recompute only)
-    logits: float  # model output + fp32 working copy of one micro-batch
+    logits: float  # model output (+ an fp32 working copy unless the output is fp32) of one micro-batch
 
     @property
     def static(self) -> float:
@@ -236,7 +236,8 @@ def _train_memory(cfg: Config, arch: ModelArch, layout: Layout, per_gpu: int, vo
         optimizer=per_gpu * (master + 8) / shards,
         activations=stored,
         recompute=per_layer * tokens * width if full else 0.0,
-        logits=tokens * vocab / layout.tp * (width + 4),
+        # the model's output logits, scaled in place when fp32 (model.logprobs), else plus an fp32 copy
+        logits=tokens * vocab / layout.tp * (4 if width == 4 else width + 4),
     )
 
 

@@ -6,8 +6,6 @@ import dataclasses
 import math
 from pathlib import Path
 
-import pytest
-
 from megatron_grpo.config import (
     AlgoConfig,
     Config,
@@ -16,6 +14,7 @@ from megatron_grpo.config import (
     ParallelConfig,
     RolloutConfig,
     SamplingConfig,
+    load_config,
 )
 from megatron_grpo.launch.plan import GIB, Assumptions, format_plan, main, plan, total_params
 from megatron_grpo.model.arch import arch_from_dict, load_arch
@@ -84,7 +83,7 @@ def test_tiny_tensor_parallel_splits_weights_and_heads():
     arch = dataclasses.replace(TINY, num_query_groups=2)  # layer: 4 x 64 + 384 split, 24 of norms not
     cfg = Config(**{**_tiny_cfg().__dict__, "parallel": ParallelConfig(tensor=2, sequence_parallel=True)})
     p = plan(cfg, arch, 1, 2, 1.0)
-    assert p.params_per_gpu == 2 * (640 // 2 + 24) + 8 + 2 * 112 * 8 // 2  # vocab padded to 8 x TP 2
+    assert p.params_per_gpu == 2 * (640 // 2 + 24) + 8 + 2 * 104 * 8 // 2  # vocab 100 padded to lcm(8, TP 2)
     assert p.train.activations == 2 * (32 + 3 * 4 * 4 + 48) / 2 * 10 * 2  # sequence parallel splits all by TP
 
 
@@ -96,34 +95,33 @@ def test_param_count_matches_hf_layout():
 
 
 def test_reference_job_on_one_h100_node():
-    """Honest verdict for the reference settings as given: two things do not fit, and the plan names the
-    knobs that fix them without changing the algorithm."""
+    """The reference settings as verl ran them (vLLM at 0.8 of the GPU, which verl could afford because it
+    offloads the actor while generating): training fits, generation does not next to the resident Megatron
+    trainer, and the plan names the knob that fixes it without changing the algorithm."""
     arch = load_arch(CONFIGS / "qwen3-4b-base.config.json")
     p = plan(_reference_cfg(), arch, nodes=1, gpus_per_node=8, gpu_mem_gb=80)
     assert (p.layout.tp, p.layout.dp, p.layout.engines) == (1, 8, 8)
     assert 4.0e9 < p.params_total < 4.05e9
     assert 33 * GIB < p.train.static < 34.5 * GIB
-    assert 81 * GIB < p.train.peak < 83 * GIB  # two fp32 copies of 32768 x 151936 logits: 37 GiB
-    assert not p.fits_train and not p.fits_rollout  # trainer (34 GiB) + vLLM at 0.8 (64 GiB) > 78 GiB
+    assert 63 * GIB < p.train.peak < 65 * GIB  # one fp32 32768 x 151936 logits tensor (scaled in place): 18.5 GiB
+    assert p.fits_train and not p.fits_rollout  # trainer (34 GiB) + vLLM at 0.8 (64 GiB) > 78 GiB
     tail = 7168 * p.params_total * 4 / 3.35e12  # the longest response decodes token by token: ~34 s
     assert p.throughput.gen_s >= tail and plan(_reference_cfg(), arch, 8, 8, 80).throughput.gen_s == tail
-    single = plan(_reference_cfg(), arch, 1, 8, 80, Assumptions(engines=1))  # the trainer as committed today
+    single = plan(_reference_cfg(), arch, 1, 8, 80, Assumptions(engines=1))  # one engine for the whole batch
     assert single.rollout.seqs_per_engine == 512 and single.throughput.gen_s > 7 * p.throughput.gen_s
-    advice = "\n".join(p.advice)
-    assert "algo.micro_batch_tokens=16384" in advice and "rollout.gpu_memory_utilization=0.55" in advice
+    assert "rollout.gpu_memory_utilization=0.55" in "\n".join(p.advice)
 
-    fixed = Config(**{**_reference_cfg().__dict__, "algo": AlgoConfig(micro_batch_tokens=16384),
-                      "rollout": RolloutConfig(gpu_memory_utilization=0.55)})
+    fixed = Config(**{**_reference_cfg().__dict__, "rollout": RolloutConfig(gpu_memory_utilization=0.55)})
     assert plan(fixed, arch, 1, 8, 80).fits
-    assert plan(Config(**{**fixed.__dict__, "rollout": RolloutConfig()}), arch, 1, 8, 80,
-                Assumptions(trainer_offload=True)).fits
+    assert plan(_reference_cfg(), arch, 1, 8, 80, Assumptions(trainer_offload=True)).fits
 
 
-@pytest.mark.skipif(not (REPO_CONFIGS / "qwen3_4b_dapo.yaml").exists(),
-                    reason="configs/qwen3_4b_dapo.yaml not written yet")
-def test_shipped_reference_config_plans(capsys):
-    rc = main(["--config", str(REPO_CONFIGS / "qwen3_4b_dapo.yaml"), "--nodes", "1", "--gpus-per-node", "8"])
-    assert rc in (0, 1) and "layout: world 8" in capsys.readouterr().out
+def test_shipped_reference_config_fits_one_h100_node(capsys):
+    cfg = load_config(REPO_CONFIGS / "qwen3_4b_dapo.yaml")
+    p = plan(cfg, load_arch(cfg.model.hf_config), nodes=1, gpus_per_node=8, gpu_mem_gb=80)
+    assert p.fits, format_plan(p)
+    assert main(["--config", str(REPO_CONFIGS / "qwen3_4b_dapo.yaml"), "--nodes", "1", "--gpus-per-node", "8"]) == 0
+    assert "verdict: FITS" in capsys.readouterr().out
 
 
 def test_32b_on_one_node_at_tp1_does_not_fit_and_suggests_tp_pp():

@@ -33,7 +33,8 @@ def _sbatch(tmp_path: Path, run_dir: Path) -> subprocess.Popen:
         **os.environ, "SLURM_JOB_ID": "77", "SLURM_JOB_NAME": "grpo", "SLURM_JOB_NODELIST": "node[0-1]",
         "SLURM_JOB_NUM_NODES": "2", "SLURM_SUBMIT_DIR": str(ROOT), "GPUS_PER_NODE": "1",
         "SRUN": str(STUBS / "fake_srun.sh"), "SCONTROL": str(STUBS / "fake_scontrol.sh"),
-        "TORCHRUN": str(Path(sys.executable).with_name("torchrun")), "MEGATRON_GRPO_CMD": f"{sys.executable} -m megatron_grpo",
+        "TORCHRUN": str(Path(sys.executable).with_name("torchrun")),
+        "MEGATRON_GRPO_CMD": f"{sys.executable} -m megatron_grpo",
         "MASTER_PORT": str(_port()), "OMP_NUM_THREADS": "1", "FAKE_SCONTROL_LOG": str(tmp_path / "scontrol.log"),
         "TORCHINDUCTOR_CACHE_DIR": str(ROOT / ".cache" / "torchinductor"),
     }
