@@ -8,7 +8,7 @@ warm-up and is reported apart; the other steps are averaged. The shape is the on
 GRPOTrainer (docs/benchmarks.md).
 
 Model configs are generated into a temp dir (the trainer builds random weights from a config alone):
-``tiny`` is the embedded model (hidden 128, 2 layers) and ``0.1b`` the ~104M Qwen3-shaped body of
+``tiny`` is the embedded model (hidden 128, 2 layers) and ``0.1b`` the ~107M Qwen3-shaped model of
 bench/policy_step.py, both with ``max_position_embeddings`` = prompt + N and ``--vocab`` rows (default
 4096) around the 16-token tiny tokenizer. With the tokenizer's 16 rows a random model samples <eos> with
 p ~ 1/16 per token and stops after ~16 tokens; with 4096 rows nearly every response runs to N tokens,

@@ -5,12 +5,12 @@
 Each case runs in fresh gloo processes (one per TP rank) so its peak RSS is its own. A step is
 ``MegatronPolicy.train_step`` on ``--seqs`` right-padded sequences of ``--seq-len`` tokens in
 micro-batches of ``--micro-seqs``, with a token-mean log-likelihood loss and entropy on (as GRPO does).
-After one warm-up step, steps repeat until ``--min-seconds`` have passed. The cores are split between
-the ranks (TP1: 2 threads, TP2: 1 thread each), so TP1 and TP2 use the same CPU.
+After one warm-up step, enough steps to fill about ``--min-seconds`` (at least 2) are timed. The cores
+are split between the ranks (TP1: 2 threads, TP2: 1 thread each), so TP1 and TP2 use the same CPU.
 
 Shapes: ``tiny`` is the embedded default model (megatron_grpo/assets/tiny, hidden 128, 2 layers);
 ``0.1b`` is a Qwen3-shaped body (hidden 768, 12 layers, GQA 12/4, head_dim 64, SwiGLU 3072, qk-norm)
-with a 4096-row vocabulary, ~104M parameters, so the transformer body dominates as it does at 4B.
+with a 4096-row vocabulary, ~107M parameters, so the transformer body dominates as it does at 4B.
 Prints one JSON line per case; peak RSS is the process high-water mark (``ru_maxrss``, which psutil
 does not expose), summed over ranks.
 """
@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import socket
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -57,9 +59,17 @@ def _loss_fn(total_tokens: int):
 
 
 def _worker(rank: int, world: int, port: int, config: dict, args: argparse.Namespace, queue) -> None:
+    """One rank: report its measurement, or its traceback so the parent does not wait for a timeout."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(max(1, args.cores // world))
+    try:
+        queue.put((rank, _measure(world, config, args)))
+    except BaseException:
+        queue.put((rank, traceback.format_exc()))
+
+
+def _measure(world: int, config: dict, args: argparse.Namespace) -> dict:
     from megatron_grpo.config import ModelConfig, OptimizerConfig, ParallelConfig
     from megatron_grpo.launch import init_distributed, shutdown
     from megatron_grpo.model import arch_from_dict
@@ -73,16 +83,20 @@ def _worker(rank: int, world: int, port: int, config: dict, args: argparse.Names
     tokens = torch.randint(3, arch.vocab_size, (args.seqs, args.seq_len), generator=torch.Generator().manual_seed(0))
     mbs = [{"tokens": tokens[i: i + args.micro_seqs]} for i in range(0, args.seqs, args.micro_seqs)]
     loss_fn = _loss_fn(tokens.numel())
+    start = time.perf_counter()
     policy.train_step(mbs, loss_fn)  # warm-up: allocator, optimizer state
-    steps, start = 0, time.perf_counter()
-    while steps < 2 or time.perf_counter() - start < args.min_seconds:
+    # Every rank must run the same number of steps (they are collective): size it from the slowest warm-up.
+    warm = torch.tensor([time.perf_counter() - start])
+    torch.distributed.all_reduce(warm, op=torch.distributed.ReduceOp.MAX)
+    steps = max(2, math.ceil(args.min_seconds / float(warm)))
+    start = time.perf_counter()
+    for _ in range(steps):
         policy.train_step(mbs, loss_fn)
-        steps += 1
     seconds = (time.perf_counter() - start) / steps
     params = sum(p.numel() for chunk in policy.model for p in chunk.parameters())
     shutdown()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    queue.put((rank, {"seconds": seconds, "steps": steps, "params": params, "peak_rss": peak}))
+    return {"seconds": seconds, "steps": steps, "params": params, "peak_rss": peak}
 
 
 def run_case(name: str, args: argparse.Namespace) -> dict:
@@ -96,11 +110,16 @@ def run_case(name: str, args: argparse.Namespace) -> dict:
     procs = [ctx.Process(target=_worker, args=(r, tp, port, hf_config(shape), args, queue)) for r in range(tp)]
     for p in procs:
         p.start()
+    reports = {}
     try:
-        reports = dict(queue.get(timeout=args.timeout) for _ in procs)
+        for _ in procs:
+            rank, report = queue.get(timeout=args.timeout)
+            if isinstance(report, str):  # its peers may be stuck in a collective: stop them all
+                raise RuntimeError(f"case {name}: rank {rank} failed:\n{report}")
+            reports[rank] = report
     finally:
         for p in procs:
-            p.join(timeout=30)
+            p.join(timeout=30 if len(reports) == tp else 0)
             if p.is_alive():
                 p.kill()
     tokens = args.seqs * args.seq_len
@@ -120,7 +139,7 @@ def main() -> None:
     parser.add_argument("--seqs", type=int, default=4, help="sequences per step")
     parser.add_argument("--seq-len", type=int, default=256, help="tokens per sequence")
     parser.add_argument("--micro-seqs", type=int, default=2, help="sequences per micro-batch")
-    parser.add_argument("--min-seconds", type=float, default=5.0, help="time each case at least this long")
+    parser.add_argument("--min-seconds", type=float, default=5.0, help="time about this long per case (>= 2 steps)")
     parser.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)),
                         help="threads shared by the ranks of a case")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds before a case is abandoned")
