@@ -4,9 +4,10 @@
 
 Each case runs in fresh gloo processes (one per TP rank) so its peak RSS is its own. A step is
 ``MegatronPolicy.train_step`` on ``--seqs`` right-padded sequences of ``--seq-len`` tokens in
-micro-batches of ``--micro-seqs``, with a token-mean log-likelihood loss and entropy on (as GRPO does).
-After one warm-up step, enough steps to fill about ``--min-seconds`` (at least 2) are timed. The cores
-are split between the ranks (TP1: 2 threads, TP2: 1 thread each), so TP1 and TP2 use the same CPU.
+micro-batches of ``--micro-seqs``, with a token-mean log-likelihood loss and the default entropy
+(a no-grad metric, as in GRPO). After one warm-up step, enough steps to fill about ``--min-seconds``
+(at least 2) are timed. The cores are split between the ranks (TP1: 2 threads, TP2: 1 thread each),
+so TP1 and TP2 use the same CPU.
 
 Shapes: ``tiny`` is the embedded default model (megatron_grpo/assets/tiny, hidden 128, 2 layers);
 ``0.1b`` is a Qwen3-shaped body (hidden 768, 12 layers, GQA 12/4, head_dim 64, SwiGLU 3072, qk-norm)
