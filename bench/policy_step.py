@@ -5,9 +5,9 @@
 Each case runs in fresh gloo processes (one per TP rank) so its peak RSS is its own. A step is
 ``MegatronPolicy.train_step`` on ``--seqs`` right-padded sequences of ``--seq-len`` tokens in
 micro-batches of ``--micro-seqs``, with a token-mean log-likelihood loss and the default entropy
-(a no-grad metric, as in GRPO). After one warm-up step, enough steps to fill about ``--min-seconds``
-(at least 2) are timed. The cores are split between the ranks (TP1: 2 threads, TP2: 1 thread each),
-so TP1 and TP2 use the same CPU.
+(a no-grad metric, as in GRPO). After a warm-up step and a sizing step, enough steps to fill about
+``--min-seconds`` (at least 2) are timed. The cores are split between the ranks (TP1: 2 threads,
+TP2: 1 thread each), so TP1 and TP2 use the same CPU.
 
 Shapes: ``tiny`` is the embedded default model (megatron_grpo/assets/tiny, hidden 128, 2 layers);
 ``0.1b`` is a Qwen3-shaped body (hidden 768, 12 layers, GQA 12/4, head_dim 64, SwiGLU 3072, qk-norm)
@@ -84,9 +84,10 @@ def _measure(world: int, config: dict, args: argparse.Namespace) -> dict:
     tokens = torch.randint(3, arch.vocab_size, (args.seqs, args.seq_len), generator=torch.Generator().manual_seed(0))
     mbs = [{"tokens": tokens[i: i + args.micro_seqs]} for i in range(0, args.seqs, args.micro_seqs)]
     loss_fn = _loss_fn(tokens.numel())
+    policy.train_step(mbs, loss_fn)  # warm-up: allocator, optimizer state, first-call overheads
     start = time.perf_counter()
-    policy.train_step(mbs, loss_fn)  # warm-up: allocator, optimizer state
-    # Every rank must run the same number of steps (they are collective): size it from the slowest warm-up.
+    policy.train_step(mbs, loss_fn)
+    # Every rank must run the same number of steps (they are collective): size it from the slowest rank.
     warm = torch.tensor([time.perf_counter() - start])
     torch.distributed.all_reduce(warm, op=torch.distributed.ReduceOp.MAX)
     steps = max(2, math.ceil(args.min_seconds / float(warm)))
