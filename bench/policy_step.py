@@ -1,6 +1,6 @@
 """Forward+backward+optimizer throughput of the Megatron policy on CPU, at TP1 and TP2.
 
-    .venv/bin/python bench/policy_step.py [--cases tiny-tp1,tiny-tp2,0.1b-tp1,0.1b-tp2] [--min-seconds 5]
+    .venv/bin/python bench/policy_step.py [--cases tiny-tp1,tiny-tp2,0.1b-tp1,0.1b-tp2] [--min-seconds 5] [--repeat 1]
 
 Each case runs in fresh gloo processes (one per TP rank) so its peak RSS is its own. A step is
 ``MegatronPolicy.train_step`` on ``--seqs`` right-padded sequences of ``--seq-len`` tokens in
@@ -12,7 +12,7 @@ TP2: 1 thread each), so TP1 and TP2 use the same CPU.
 Shapes: ``tiny`` is the embedded default model (megatron_grpo/assets/tiny, hidden 128, 2 layers);
 ``0.1b`` is a Qwen3-shaped body (hidden 768, 12 layers, GQA 12/4, head_dim 64, SwiGLU 3072, qk-norm)
 with a 4096-row vocabulary, ~107M parameters, so the transformer body dominates as it does at 4B.
-Prints one JSON line per case; peak RSS is the process high-water mark (``ru_maxrss``, which psutil
+Prints one JSON line per case and round; peak RSS is the process high-water mark (``ru_maxrss``, which psutil
 does not expose), summed over ranks.
 """
 
@@ -144,13 +144,16 @@ def main() -> None:
     parser.add_argument("--min-seconds", type=float, default=5.0, help="time about this long per case (>= 2 steps)")
     parser.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)),
                         help="threads shared by the ranks of a case")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds over the cases, interleaved, so a burst of load hits every case alike")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds before a case is abandoned")
     args = parser.parse_args()
     unknown = [c for c in args.cases.split(",") if c not in CASES]
     if unknown:
         parser.error(f"unknown case {unknown[0]!r}; choose from {list(CASES)}")
-    for name in args.cases.split(","):
-        print(json.dumps(run_case(name, args)), flush=True)
+    for round_ in range(args.repeat):
+        for name in args.cases.split(","):
+            print(json.dumps({**run_case(name, args), "round": round_}), flush=True)
 
 
 if __name__ == "__main__":
