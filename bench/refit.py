@@ -2,9 +2,9 @@
 ``reshard.refit``), next to a plain memcpy of the same bytes in the same process, and the engine's
 rollout tokens/s. Random Qwen3-shaped models, every rank with its own engine (dummy weights at start).
 
-Default: ~0.1B (fp32, bf16) at TP1 with 64 MB / 512 MB / 2 GB buckets. ``--big`` adds Qwen3-0.6B's
-shape (bf16; fp32 with ``--big-fp32``: ~12 GB), ``--tp 1 2`` runs every model at TP1 and TP2 (2 ranks,
-each with its own engine).
+Default: ~0.1B (fp32, bf16) at TP1 with 64 MB / 512 MB / 2 GB buckets, ~5 min on 2 cores. ``--models
+0.6b`` is Qwen3-0.6B's shape (opt-in: memory), ``--tp 1 2`` runs every case at TP1 and TP2 (2 ranks, each
+with its own engine).
 The processes run with OMP_NUM_THREADS=1 (tests/dist.py), so a TP1 case uses one core for both the
 refit and the memcpy baseline.
 
@@ -14,7 +14,8 @@ ratio_to_memcpy, peak_rss_delta_bytes (first refit into a fresh engine, max over
 gen_tokens_per_s (the engine's, in the 512 MB case only: greedy decode, batch ``--gen-batch``). Each case
 runs in fresh processes.
 
-Usage: ``python bench/refit.py [--big] [--tp 1 2] [--repeats 2] | grep '^{'`` (vLLM logs to stdout too).
+Usage: ``python bench/refit.py [--models 0.1b 0.6b] [--dtypes bf16] [--buckets 512] [--tp 1 2] | grep '^{'``
+(vLLM logs to stdout too).
 """
 
 from __future__ import annotations
@@ -119,18 +120,19 @@ def worker(config: dict, dtype: str, tp: int, bucket_mb: int, model_dir: str, re
 
 
 def cases(args: argparse.Namespace):
-    for name in ("0.1b", "0.6b") if args.big else ("0.1b",):
-        dtypes = ("fp32", "bf16") if name == "0.1b" or args.big_fp32 else ("bf16",)
-        for dtype in dtypes:
+    for name in args.models:
+        for dtype in args.dtypes:
             for tp in args.tp:
-                for bucket_mb in BUCKETS_MB:
+                for bucket_mb in args.buckets:
                     yield name, dtype, tp, bucket_mb
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--big", action="store_true", help="add the Qwen3-0.6B shape (bf16)")
-    parser.add_argument("--big-fp32", action="store_true", help="with --big: 0.6B in fp32 too (~12 GB RAM)")
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=["0.1b"],
+                        help="0.6b needs ~11 GB RAM in bf16 (policy with fp32 main params and grads), ~20 GB in fp32")
+    parser.add_argument("--dtypes", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
+    parser.add_argument("--buckets", type=int, nargs="+", default=list(BUCKETS_MB), help="refit_bucket_mb values")
     parser.add_argument("--tp", type=int, nargs="+", default=[1], help="policy TP sizes (TP ranks = processes)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--gen-batch", type=int, default=8)
