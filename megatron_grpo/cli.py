@@ -19,16 +19,17 @@ from megatron_grpo.launch.plan import add_plan_arguments, run_plan
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None,
-                        help="YAML config (default: the embedded tiny CPU config, configs/tiny_cpu.yaml)")
+                        help="YAML config (default: the embedded tiny CPU config, megatron_grpo/assets/tiny_cpu.yaml,"
+                             " also at configs/tiny_cpu.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="dotted overrides applied after the file, e.g. optim.lr=1e-6 parallel.tensor=2")
 
 
 def _train(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides) + ([f"trainer.run_dir={args.run_dir}"] if args.run_dir else [])
+    cfg = load_config(args.config, overrides)  # config errors before the heavy imports
     from megatron_grpo.trainer.loop import train
 
-    overrides = list(args.overrides) + ([f"trainer.run_dir={args.run_dir}"] if args.run_dir else [])
-    cfg = load_config(args.config, overrides)
     return train(cfg, cfg.trainer.run_dir)
 
 

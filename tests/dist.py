@@ -20,6 +20,7 @@ def _free_port() -> int:
 def _worker(rank: int, world: int, port: int, fn, args, queue) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)  # torch is already imported here: the variable alone comes too late
     try:
         # Serialise to bytes: tensors sent through a torch queue live in shared memory that
         # disappears when this process exits, before the parent reads them.
@@ -30,8 +31,19 @@ def _worker(rank: int, world: int, port: int, fn, args, queue) -> None:
         queue.put((rank, None, traceback.format_exc()))
 
 
-def run_distributed(fn, world_size: int, *args, timeout: float = 300.0) -> list:
-    """``fn(*args)`` on every rank (env set for ``launch.dist_env``); returns results by rank."""
+def run_distributed(fn, world_size: int, *args, timeout: float = 300.0, attempts: int = 3) -> list:
+    """``fn(*args)`` on every rank (env set for ``launch.dist_env``); returns results by rank. A free port can
+    be taken by another process between choosing and binding it: that start-up race is retried."""
+    for _ in range(attempts - 1):
+        try:
+            return _run_once(fn, world_size, args, timeout)
+        except AssertionError as exc:
+            if "EADDRINUSE" not in str(exc):
+                raise
+    return _run_once(fn, world_size, args, timeout)
+
+
+def _run_once(fn, world_size: int, args: tuple, timeout: float) -> list:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = _free_port()

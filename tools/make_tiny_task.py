@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-DEFAULT_DIR = Path(__file__).resolve().parent.parent / "megatron_grpo" / "assets" / "tiny"
+DEFAULT_DIR = Path(__file__).resolve().parent.parent / "megatron_grpo" / "assets" / "tiny_task"
 
 
 def rows(copies: int) -> list[dict]:

@@ -169,13 +169,14 @@ def shard(kind: Kind, full: torch.Tensor, rank: int, size: int, padded_rows: int
 
 
 def unshard(kind: Kind, shards: list[torch.Tensor], vocab_size: int | None = None) -> torch.Tensor:
-    """Inverse of ``shard`` over all TP ranks' slices; drops vocab padding."""
-    if kind == "replicated":
+    """Inverse of ``shard`` over all TP ranks' slices; drops vocab padding. One shard is returned as a view
+    (no copy: at TP 1 the export and the refit then never duplicate the embedding)."""
+    if kind == "replicated" or (len(shards) == 1 and kind != "vocab"):
         return shards[0]
     if kind == "vocab":
         if vocab_size is None:
             raise ValueError("vocab unshard needs vocab_size")
-        return torch.cat(shards)[:vocab_size]
+        return (shards[0] if len(shards) == 1 else torch.cat(shards))[:vocab_size]
     if kind == "glu":
         halves = [s.chunk(2, dim=0) for s in shards]
         return torch.cat([h[0] for h in halves] + [h[1] for h in halves])
