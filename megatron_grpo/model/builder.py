@@ -20,9 +20,7 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 
 from megatron_grpo.config import ConfigError, ModelConfig, OptimizerConfig, ParallelConfig
 from megatron_grpo.model.arch import ModelArch, padded_vocab_size
-from megatron_grpo.platform import has_cuda
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from megatron_grpo.platform import DTYPES, has_cuda
 
 
 def use_transformer_engine(model_cfg: ModelConfig) -> bool:

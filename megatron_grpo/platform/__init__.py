@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import torch
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+"""Config dtype names -> torch dtypes (policy, engine and refit agree through this one table)."""
+
 _DONE = False
 
 

@@ -33,6 +33,7 @@ from vllm.platforms import current_platform  # noqa: E402
 
 from megatron_grpo.config.loader import ConfigError  # noqa: E402
 from megatron_grpo.config.rollout import RolloutConfig, SamplingConfig  # noqa: E402
+from megatron_grpo.platform import DTYPES  # noqa: E402
 from megatron_grpo.rollout.types import Sample  # noqa: E402
 from megatron_grpo.rollout.weight_specs import (  # noqa: E402
     ModelWeights,
@@ -43,8 +44,6 @@ from megatron_grpo.rollout.weight_specs import (  # noqa: E402
     fused_units,
     hf_weight_specs,
 )
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Sampler log-probs after temperature / top-k / top-p: the distribution the tokens were drawn from.
 LOGPROBS_MODE = "processed_logprobs"

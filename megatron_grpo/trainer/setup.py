@@ -23,8 +23,8 @@ from megatron_grpo.data import PromptDataset, PromptSampler, load_train_dataset
 from megatron_grpo.launch import DistEnv, init_distributed
 from megatron_grpo.model import ModelArch, load_arch
 from megatron_grpo.model.arch import hf_config_path
-from megatron_grpo.model.builder import DTYPES
 from megatron_grpo.model.policy import MegatronPolicy
+from megatron_grpo.platform import DTYPES
 
 log = logging.getLogger(__name__)
 
