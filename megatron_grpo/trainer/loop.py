@@ -64,12 +64,12 @@ def train(cfg: Config, run_dir: str | Path) -> int:
             run.step += 1
             if cfg.trainer.test_freq and run.step % cfg.trainer.test_freq == 0:
                 metrics.update(validate(run))
+            if logger:  # before the checkpoint: a kill in between reruns (and re-logs) this step
+                logger.log(run.step, metrics)
             stopping = stop.agreed()
             if stopping or run.step == run.total_steps or (
                     cfg.checkpoint.save_freq and run.step % cfg.checkpoint.save_freq == 0):
                 save_checkpoint(_ckpt_root(run), run.step, run.policy, trainer_state(run), cfg.checkpoint.keep_last)
-            if logger:
-                logger.log(run.step, metrics)
             if stopping:
                 log.warning("stop signal %s: checkpoint at step %d saved, exiting %d", stop.signal, run.step,
                             EXIT_REQUEUE)
@@ -78,10 +78,8 @@ def train(cfg: Config, run_dir: str | Path) -> int:
     finally:
         if logger:
             logger.close()
-        if run.scorer is not None:
-            run.scorer.close()
-        if run.engine is not None:
-            run.engine.close()
+        run.scorer.close()
+        run.engine.close()  # before the process groups go: vLLM's teardown uses them
         shutdown()
 
 
