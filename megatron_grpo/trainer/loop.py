@@ -162,13 +162,13 @@ def _ckpt_root(run: Run) -> Path:
 
 
 def _resume(run: Run) -> None:
-    if not run.cfg.checkpoint.resume or latest_checkpoint(_ckpt_root(run)) is None:
-        return
-    state = load_checkpoint(_ckpt_root(run), run.policy)
-    restore_trainer_state(run, state)
+    """Continue from ``latest`` when there is one. Either way, metrics lines past the restart point
+    (a run killed before or after its last checkpoint) are dropped: those steps run again."""
+    if run.cfg.checkpoint.resume and latest_checkpoint(_ckpt_root(run)) is not None:
+        restore_trainer_state(run, load_checkpoint(_ckpt_root(run), run.policy))
+        log.info("resumed from step %d", run.step)
     if run.is_rank0:
         truncate_metrics(run.run_dir, run.step)
-        log.info("resumed from step %d", run.step)
     barrier()
 
 

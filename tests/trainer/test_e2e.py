@@ -46,6 +46,17 @@ def test_kill9_at_random_points_then_resume_is_exact(tmp_path):
     assert mismatches(tmp_path / "killed", read_metrics(tmp_path / "reference")) == []
 
 
+def test_metrics_of_a_run_killed_before_its_first_checkpoint_are_replaced(tmp_path):
+    """Killed before any checkpoint: the restart begins at step 0 and must not keep the dead run's lines
+    (including one cut short mid-write)."""
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "reward/mean": -1.0}) + '\n{"step": 2, "rew')
+    proc = train(tmp_path, "trainer.max_steps=2", "checkpoint.save_freq=0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2] and rows[0]["reward/mean"] >= 0.0
+
+
 def test_sigterm_saves_checkpoint_and_exits_for_requeue(tmp_path):
     proc = subprocess.Popen(cmd(tmp_path, "trainer.max_steps=200", "checkpoint.save_freq=0"), env=env(),
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
