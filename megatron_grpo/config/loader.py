@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -37,14 +38,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
+            except ConfigError:
+                pass
         raise ConfigError(f"{key}: {value!r} does not match {tp}")
     if origin is Literal:
         if value not in get_args(tp):
@@ -53,7 +53,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
-        (item_tp, *rest) = get_args(tp) or (Any,)
+        item_tp = (get_args(tp) or (Any,))[0]
         items = [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
@@ -140,14 +140,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 def _parse_scalar(raw: str) -> Any:
-    value = yaml.safe_load(raw) if raw.strip() else ""
-    # YAML 1.1 reads "1e-6" as a string; users mean a number.
-    if isinstance(value, str):
-        try:
-            return float(value) if any(c in value.lower() for c in ".e") else value
-        except ValueError:
-            return value
-    return value
+    return _fix_yaml_floats(yaml.safe_load(raw)) if raw.strip() else ""
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -165,18 +158,17 @@ def read_yaml(path: str | Path) -> dict:
     return _fix_yaml_floats(data)
 
 
+_SCIENTIFIC = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
 def _fix_yaml_floats(node: Any) -> Any:
-    """PyYAML (YAML 1.1) parses ``1e-6`` as a string; convert such scalars to floats."""
+    """PyYAML (YAML 1.1) reads ``1e-6`` (no dot) as a string; users mean a number."""
     if isinstance(node, dict):
         return {k: _fix_yaml_floats(v) for k, v in node.items()}
     if isinstance(node, list):
         return [_fix_yaml_floats(v) for v in node]
-    if isinstance(node, str):
-        try:
-            if any(c in node.lower() for c in "e") and node.strip()[0] in "0123456789+-.":
-                return float(node)
-        except (ValueError, IndexError):
-            pass
+    if isinstance(node, str) and _SCIENTIFIC.match(node.strip()):
+        return float(node)
     return node
 
 
