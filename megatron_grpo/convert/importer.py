@@ -55,7 +55,7 @@ def _convert_rank(hf_dir: str, out: str, tp: int, pp: int, dtype: str, divisible
 
 
 def _rank_main(rank: int, world: int, port: int, fn, args) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     fn(*args)
 

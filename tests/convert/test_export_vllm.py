@@ -3,6 +3,8 @@ and scores / greedily generates exactly what the original transformers model doe
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -23,7 +25,10 @@ def test_exported_directory_loads_in_vllm(tmp_path, tie):
     export_hf(root, hf_dir, tmp_path / "export", tokenizer=TINY, progress=False)
 
     greedy = engine_config(n=1, temperature=0.0, max_response_length=5)
+    launch_env = os.environ.get("LOCAL_WORLD_SIZE")
     engine = build_engine(tmp_path / "export", tmp_path / "export", greedy, "fp32", load_weights=True)
+    # vLLM sets LOCAL_WORLD_SIZE=1 for itself; processes spawned later must still see the launcher's value
+    assert os.environ.get("LOCAL_WORLD_SIZE") == launch_env
     try:
         scores = engine.score([s for s, _ in SEQUENCES], [p for _, p in SEQUENCES])
         for (seq, prompt_len), got in zip(SEQUENCES, scores, strict=True):
