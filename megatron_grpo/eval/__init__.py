@@ -25,6 +25,7 @@ from megatron_grpo.eval.runner import (
     EvalSet,
     Grade,
     Scorer,
+    answer_key_for,
     default_answer_key,
     evaluate,
     grade_with,
@@ -32,6 +33,7 @@ from megatron_grpo.eval.runner import (
 )
 
 __all__ = [
+    "answer_key_for",
     "AnswerKey", "EvalMetrics", "EvalResult", "EvalSet", "Grade", "ProblemOutcome", "Scorer", "default_answer_key",
     "evaluate", "grade_with", "load_eval_sets", "maj_at_k", "pass_at_k", "problem_metrics", "report_ks", "summarize",
     "to_json", "to_markdown", "write_report",

@@ -15,7 +15,7 @@ def run_eval(cfg: Config, ckpt: str | None = None, hf: str | None = None, out: s
     """HF directory: the engine loads it directly. Megatron checkpoint: the policy loads it (any layout)
     and the refit streams it into the engine, exactly as during training."""
     from megatron_grpo.checkpoint import load_checkpoint
-    from megatron_grpo.eval import evaluate, grade_with, load_eval_sets, write_report
+    from megatron_grpo.eval import answer_key_for, evaluate, grade_with, load_eval_sets, write_report
     from megatron_grpo.reshard.refit import refit
     from megatron_grpo.trainer.setup import build_run
 
@@ -30,7 +30,8 @@ def run_eval(cfg: Config, ckpt: str | None = None, hf: str | None = None, out: s
     if run.is_rank0:
         sets = run.eval_sets or load_eval_sets(cfg.eval, cfg.data, run.tokenizer)
         result = evaluate(run.engine, sets, cfg.rollout.val, k=cfg.eval.k,
-                          grade=grade_with(run.scorer, cfg.reward.correct_score), seed=cfg.eval.seed)
+                          grade=grade_with(run.scorer, cfg.reward.correct_score), answer_key=answer_key_for(cfg.reward),
+                          seed=cfg.eval.seed)
         out_dir = Path(out) if out else Path(cfg.trainer.run_dir) / "eval"
         write_report(result.metrics, result.outcomes, out_dir, "eval")
         print(json.dumps(result.metrics.flat("eval"), indent=2))

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
 from megatron_grpo.config.data import DataConfig, EvalConfig
+from megatron_grpo.config.reward import RewardConfig
 from megatron_grpo.config.rollout import SamplingConfig
 from megatron_grpo.data.dataset import PromptDataset, build_dataset
 from megatron_grpo.data.readers import read_records
 from megatron_grpo.data.templates import ChatTokenizer
 from megatron_grpo.eval.metrics import EvalMetrics, ProblemOutcome, summarize
 from megatron_grpo.reward import extract_answer, normalize_answer
+from megatron_grpo.reward.extract import DEFAULT_TAIL_CHARS
 from megatron_grpo.rollout.types import RolloutEngine
 
 Grade = Callable[[list[str], list[str]], list[bool]]   # (responses, ground truths) -> correct, same length
@@ -51,10 +54,15 @@ class EvalResult:
     outcomes: list[ProblemOutcome]   # one per problem, sets in order
 
 
-def default_answer_key(response: str) -> str | None:
+def default_answer_key(response: str, fallback: str = "none", tail_chars: int = DEFAULT_TAIL_CHARS) -> str | None:
     """maj@k voting key: the reward's extracted final answer, normalized."""
-    answer = extract_answer(response)
+    answer = extract_answer(response, fallback=fallback, tail_chars=tail_chars)
     return None if answer is None else normalize_answer(answer)
+
+
+def answer_key_for(cfg: RewardConfig) -> AnswerKey:
+    """The voting key that extracts answers exactly as the reward does (same fallback and tail)."""
+    return partial(default_answer_key, fallback=cfg.fallback, tail_chars=cfg.tail_chars)
 
 
 def load_eval_sets(cfg: EvalConfig, data_cfg: DataConfig, tokenizer: ChatTokenizer) -> list[EvalSet]:

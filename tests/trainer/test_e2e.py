@@ -110,6 +110,7 @@ def test_validation_during_training_and_eval_command(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     row = read_metrics(tmp_path)[-1]
     assert 0.0 <= row["eval/tiny_arith/mean@8"] <= 1.0
+    assert row["eval/tiny_arith/maj@8"] > 0.0  # bare-digit answers vote through the reward's fallback
     assert (tmp_path / "eval" / "step_000002.md").is_file()
     out = tmp_path / "report"
     proc = subprocess.run([sys.executable, "-m", "megatron_grpo", "eval", "--ckpt", str(tmp_path / "checkpoints"),
