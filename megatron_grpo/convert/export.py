@@ -19,7 +19,7 @@ import torch
 from megatron_grpo.checkpoint.files import CheckpointError, resolve_checkpoint, verify_checkpoint
 from megatron_grpo.checkpoint.reader import LAYER_PREFIX, CheckpointReader
 from megatron_grpo.convert.hf_io import INDEX, HFCheckpoint, ShardedWriter
-from megatron_grpo.convert.mapping import match_mcore, rules_for, split, unshard
+from megatron_grpo.convert.mapping import match_mcore, rules_for, split, unpad
 from megatron_grpo.convert.verify import ConvertError, ExportCheck, check_hf_checkpoint
 from megatron_grpo.model.arch import ModelArch, hf_config_path, load_arch
 
@@ -55,8 +55,8 @@ def checkpoint_hf_tensors(reader: CheckpointReader, arch: ModelArch) -> Iterator
     def convert(name: str, full: torch.Tensor):
         match = match_mcore(name, rules)
         if match.rule.export:
-            full = unshard(match.rule.kind, [full], arch.vocab_size)
-            yield from zip(match.hf_names, split(match.rule.kind, full, arch), strict=True)
+            tensors = [unpad(match.rule.kind, t, arch.vocab_size) for t in split(match.rule.kind, full, arch)]
+            yield from zip(match.hf_names, tensors, strict=True)
 
     head = [k for k in keys if k.startswith("embedding.")]
     tail = [k for k in keys if k not in head and k not in layered]  # final norm, output layer

@@ -6,12 +6,14 @@ Three layers of the problem are kept apart:
 * naming: ``Rule`` patterns with ``{i}`` for the GLOBAL layer index (PP offsets are resolved by the caller);
 * fusing: Megatron fuses q/k/v per query group (``qkv``) and gate/up (``glu``); ``fuse``/``split`` convert
   between the HF tensors and one FULL (unsharded, unpadded) Megatron tensor;
-* sharding: ``shard``/``unshard`` slice a full tensor for one TP rank and back, including vocab padding
-  and the per-rank [gate_r; up_r] layout of a gated linear unit.
+* sharding: ``shard`` slices a full tensor for one TP rank, including vocab padding and the per-rank
+  [gate_r; up_r] layout of a gated linear unit; ``split`` of a shard gives that rank's slice of each HF
+  tensor, so the way back gathers HF tensors directly (``gather_dim``, ``unpad``).
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -83,6 +85,7 @@ def rules_for(arch: ModelArch) -> tuple[Rule, ...]:
         raise MappingError(f"no weight mapping for architecture {arch.architecture!r}") from None
 
 
+@functools.cache  # matched for every parameter of every refit
 def _pattern(template: str) -> re.Pattern:
     return re.compile("^" + re.escape(template).replace(r"\{i\}", r"(\d+)") + "$")
 
@@ -137,16 +140,29 @@ def fuse(kind: Kind, tensors: list[torch.Tensor], arch: ModelArch) -> torch.Tens
     return t
 
 
-def split(kind: Kind, full: torch.Tensor, arch: ModelArch) -> list[torch.Tensor]:
+def split(kind: Kind, t: torch.Tensor, arch: ModelArch, tp: int = 1) -> list[torch.Tensor]:
+    """Inverse of ``fuse``: the HF tensors in a full Megatron tensor (``tp`` 1), or, given one TP rank's
+    shard, that rank's slice of each of them, which the ranks' slices concatenate along
+    ``gather_dim(kind)`` to make. Vocab padding stays: see ``unpad``."""
     if kind == "qkv":
-        g, d = arch.num_query_groups, arch.head_dim
-        qpg = arch.num_attention_heads // g
-        grouped = full.view(g, (qpg + 2) * d, full.shape[-1])
+        g, d = arch.num_query_groups // tp, arch.head_dim
+        qpg = arch.num_attention_heads // arch.num_query_groups
+        grouped = t.view(g, (qpg + 2) * d, t.shape[-1])
         q, k, v = grouped.split([qpg * d, d, d], dim=1)
-        return [t.reshape(-1, full.shape[-1]) for t in (q, k, v)]
+        return [x.reshape(-1, t.shape[-1]) for x in (q, k, v)]
     if kind == "glu":
-        return list(full.chunk(2, dim=0))
-    return [full]
+        return list(t.chunk(2, dim=0))  # a shard is [gate_r; up_r]
+    return [t]
+
+
+def gather_dim(kind: Kind) -> int | None:
+    """Dimension along which TP ranks' slices of an HF tensor concatenate; None: every rank has it all."""
+    return {"replicated": None, "row": 1}.get(kind, 0)
+
+
+def unpad(kind: Kind, full: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Drop the vocab padding rows (a view)."""
+    return full[:vocab_size] if kind == "vocab" else full
 
 
 # ---- sharding: full Megatron tensor <-> one TP rank's shard -----------------------------------------
@@ -165,19 +181,4 @@ def shard(kind: Kind, full: torch.Tensor, rank: int, size: int, padded_rows: int
     if kind == "glu":
         gate, up = full.chunk(2, dim=0)
         return torch.cat([gate.chunk(size, dim=0)[rank], up.chunk(size, dim=0)[rank]])
-    return full.chunk(size, dim=1 if kind == "row" else 0)[rank]
-
-
-def unshard(kind: Kind, shards: list[torch.Tensor], vocab_size: int | None = None) -> torch.Tensor:
-    """Inverse of ``shard`` over all TP ranks' slices; drops vocab padding. One shard is returned as a view
-    (no copy: at TP 1 the export and the refit then never duplicate the embedding)."""
-    if kind == "replicated" or (len(shards) == 1 and kind != "vocab"):
-        return shards[0]
-    if kind == "vocab":
-        if vocab_size is None:
-            raise ValueError("vocab unshard needs vocab_size")
-        return (shards[0] if len(shards) == 1 else torch.cat(shards))[:vocab_size]
-    if kind == "glu":
-        halves = [s.chunk(2, dim=0) for s in shards]
-        return torch.cat([h[0] for h in halves] + [h[1] for h in halves])
-    return torch.cat(shards, dim=1 if kind == "row" else 0)
+    return full.chunk(size, dim=gather_dim(kind))[rank]

@@ -16,12 +16,13 @@ from megatron.core import parallel_state as ps
 from megatron_grpo.convert.mapping import (
     MappingError,
     fuse,
+    gather_dim,
     hf_layout,
     match_mcore,
     rules_for,
     shard,
     split,
-    unshard,
+    unpad,
 )
 from megatron_grpo.model.arch import ModelArch
 
@@ -79,23 +80,28 @@ def load_hf_weights(chunks: list[torch.nn.Module], arch: ModelArch, source: Mapp
             param.copy_(local)
 
 
-def _gather_tp(tensor: torch.Tensor, kind: str) -> list[torch.Tensor]:
+def _gather_tp(piece: torch.Tensor, dim: int | None) -> torch.Tensor:
+    """The full tensor from every TP rank's slice along ``dim``: gathered straight into one buffer, so
+    dim 0 (most tensors) allocates only the result; dim 1 (row-parallel) needs one transposing copy."""
     tp = ps.get_tensor_model_parallel_world_size()
-    if tp == 1 or kind == "replicated":
-        return [tensor]
-    shards = [torch.empty_like(tensor) for _ in range(tp)]
-    dist.all_gather(shards, tensor.contiguous(), group=ps.get_tensor_model_parallel_group())
-    return shards
+    if tp == 1 or dim is None:
+        return piece
+    out = piece.new_empty((tp, *piece.shape))
+    dist.all_gather(list(out.unbind(0)), piece.contiguous(), group=ps.get_tensor_model_parallel_group())
+    return out.flatten(0, 1) if dim == 0 else out.movedim(0, dim).flatten(dim, dim + 1)
 
 
 def stage_hf_tensors(chunks: list[torch.nn.Module], arch: ModelArch,
                      dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-    """Full HF tensors of this pipeline stage (collective over the TP group: all TP ranks iterate)."""
-    rules = rules_for(arch)
+    """Full HF tensors of this pipeline stage, one at a time (collective over the TP group: all TP ranks
+    iterate). Each HF tensor is gathered from the ranks' slices of it, cast first: in flight is at most
+    the tensor itself (twice for a row-parallel one), never a whole fused parameter plus its shards."""
+    rules, tp = rules_for(arch), ps.get_tensor_model_parallel_world_size()
     for name, param in global_named_params(chunks):
         match = match_mcore(name, rules)
         if not match.rule.export:
             continue
-        full = unshard(match.rule.kind, _gather_tp(param.data, match.rule.kind), arch.vocab_size)
-        for hf_name, tensor in zip(match.hf_names, split(match.rule.kind, full, arch), strict=True):
-            yield hf_name, tensor if dtype is None else tensor.to(dtype)
+        kind = match.rule.kind
+        for hf_name, piece in zip(match.hf_names, split(kind, param.data, arch, tp), strict=True):
+            piece = piece if dtype is None else piece.to(dtype)
+            yield hf_name, unpad(kind, _gather_tp(piece, gather_dim(kind)), arch.vocab_size)

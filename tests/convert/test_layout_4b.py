@@ -39,7 +39,7 @@ def _megatron_shapes(config: dict) -> tuple[dict[str, tuple[int, ...]], int]:
 def test_qwen3_4b_every_name_maps_once_with_shapes():
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from megatron_grpo.convert.mapping import fuse, hf_layout, match_mcore, rules_for, shard, split, unshard
+    from megatron_grpo.convert.mapping import fuse, hf_layout, match_mcore, rules_for, shard, split, unpad
     from megatron_grpo.model import arch_from_dict
 
     config = json.loads(open(CONFIG).read())
@@ -57,7 +57,7 @@ def test_qwen3_4b_every_name_maps_once_with_shapes():
         full = fuse(match.rule.kind, parts, arch)  # HF -> Megatron (import / refit direction)
         assert tuple(shard(match.rule.kind, full, 0, 1, padded).shape) == shape, name
         if match.rule.export:  # Megatron -> HF (export direction)
-            back = split(match.rule.kind, unshard(match.rule.kind, [full], arch.vocab_size), arch)
+            back = [unpad(match.rule.kind, t, arch.vocab_size) for t in split(match.rule.kind, full, arch)]
             assert [tuple(t.shape) for t in back] == [hf_shapes[n] for n in match.hf_names], name
             hits.update(match.hf_names)
     assert hits == Counter(dict.fromkeys(hf_shapes, 1))  # every HF name exactly once

@@ -190,15 +190,15 @@ def test_optimizer_step_reaches_engine_only_through_refit(ranks):
         assert new != old
 
 
-def test_refit_peak_rss_is_two_buckets_plus_one_layer(ranks):
-    """The stream holds at most one bucket plus the tensor being gathered/received; the engine's
-    in-place reload re-materialises one decoder layer at a time (~2.4 MB measured alone here)."""
+def test_refit_peak_rss_is_two_buckets(ranks):
+    """The stream holds one bucket plus the tensor in flight (gathered, received), at most twice the
+    largest HF tensor (0.5 MiB here: a row-parallel one is gathered, then transposed), so <= 2 buckets;
+    the engine copies each tensor into its live weights and allocates nothing."""
     config, bucket = ENGINES["tied"], engine_config().refit_bucket_mb * MIB
-    layer = (_model_bytes(config) - _model_bytes({**config, "num_hidden_layers": 0})) // config["num_hidden_layers"]
-    budget = 2 * bucket + layer + 3 * MIB // 2  # + allocator and first-call bookkeeping
+    budget = 2 * bucket + MIB // 2  # + allocator and first-call bookkeeping
     for rank in ranks:
         for tie, layout in CASES:
-            assert rank[f"{tie}/{layout}"]["rss"] <= budget, (tie, layout)
+            assert rank[f"{tie}/{layout}"]["rss"] <= budget, (tie, layout, rank[f"{tie}/{layout}"]["rss"])
         # control: the meter sees the whole model when the stream is materialised before the engine takes it
         assert rank["listed_rss"] > _model_bytes(config) * 0.9
 

@@ -1,4 +1,4 @@
-"""Update bookkeeping without an engine: expected HF parameters, fused-module grouping, error messages."""
+"""Update bookkeeping without an engine: expected HF parameters, per-bucket checks, error messages."""
 
 from __future__ import annotations
 
@@ -12,18 +12,15 @@ from megatron_grpo.rollout.weight_specs import (
     WeightMismatchError,
     WeightStream,
     check_manifest,
-    fused_units,
     hf_weight_specs,
 )
-
-QWEN3_PACKED = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
 
 
 def tiny_weights(tie: bool = True, dtype: torch.dtype = torch.float32) -> ModelWeights:
     config = AutoConfig.from_pretrained(TINY)
     config.tie_word_embeddings = tie
     specs, aliases = hf_weight_specs(config, dtype)
-    return ModelWeights(specs=specs, aliases=aliases, units=fused_units(specs, QWEN3_PACKED))
+    return ModelWeights(specs=specs, aliases=aliases)
 
 
 def tensors(weights: ModelWeights) -> list[tuple[str, torch.Tensor]]:
@@ -38,21 +35,13 @@ def test_specs_follow_the_hf_config():
     assert tiny_weights(dtype=torch.bfloat16).specs["model.norm.weight"] == ((128,), torch.bfloat16)
 
 
-def test_fused_units_group_tensors_by_engine_module():
-    units = fused_units(["model.layers.0.self_attn.k_proj.weight", "model.layers.0.mlp.up_proj.weight",
-                         "model.layers.0.self_attn.q_norm.weight", "model.layers.3.self_attn.q_proj.bias"],
-                        QWEN3_PACKED)
-    assert list(units.values()) == ["model.layers.0.self_attn.qkv_proj", "model.layers.0.mlp.gate_up_proj",
-                                    "model.layers.0.self_attn.q_norm", "model.layers.3.self_attn.qkv_proj"]
-
-
-def test_stream_holds_back_a_module_until_all_its_parts_arrive():
+def test_stream_passes_buckets_through_and_finds_repeats_and_gaps():
     weights = tiny_weights()
     by_name = dict(tensors(weights))
     stream = WeightStream(weights)
     q, k, v = (f"model.layers.0.self_attn.{p}_proj.weight" for p in "qkv")
-    assert stream.add([(q, by_name[q]), (k, by_name[k])]) == []
-    assert [n for n, _ in stream.add([(v, by_name[v])])] == [q, k, v]
+    assert [n for n, _ in stream.add([(q, by_name[q]), (k, by_name[k])])] == [q, k]  # fused parts may split
+    assert [n for n, _ in stream.add([(v, by_name[v])])] == [v]
     with pytest.raises(WeightMismatchError, match=f"{q}: sent twice"):
         stream.add([(q, by_name[q])])
     with pytest.raises(WeightMismatchError, match="model.embed_tokens.weight: missing .* and 18 more"):
