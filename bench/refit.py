@@ -8,9 +8,11 @@ with its own engine).
 The processes run with OMP_NUM_THREADS=1 (tests/dist.py), so a TP1 case uses one core for both the
 refit and the memcpy baseline.
 
-One JSON line per case: case, bytes (one full copy of the weights), refit_s (best of ``--repeats``),
-memcpy_s (best of 5: one ``copy_`` of ``bytes`` into a preallocated, touched buffer),
-ratio_to_memcpy, peak_rss_delta_bytes (first refit into a fresh engine, max over ranks), tensors,
+One JSON line per case: case, bytes (one full copy of the weights), first_refit_s (into the fresh
+engine), refit_s (best of the next ``--repeats``), memcpy_s (best of 5: one ``copy_`` of ``bytes`` into a
+preallocated, touched buffer), ratio_to_memcpy, peak_rss_delta_bytes (first refit into a fresh engine,
+max over ranks, measured in separate processes: see ``worker``), tensors,
+allgather_s (TP>1 only: one gloo all-gather of ``bytes`` over the TP ranks, the transport floor),
 gen_tokens_per_s (the engine's, in the 512 MB case only: greedy decode, batch ``--gen-batch``). Each case
 runs in fresh processes.
 
@@ -26,6 +28,7 @@ import os
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -70,6 +73,23 @@ def memcpy_seconds(nbytes: int, repeats: int) -> float:
     return best
 
 
+def allgather_seconds(nbytes: int, repeats: int) -> float:
+    """Best time of one gloo all-gather in which every rank contributes ``nbytes / world`` and receives
+    the rest: the transport a TP>1 refit cannot avoid (loopback TCP on CPU, NVLink with NCCL on GPU)."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size()
+    piece = torch.ones(nbytes // world, dtype=torch.uint8)
+    out = torch.empty(world, nbytes // world, dtype=torch.uint8)
+    best = float("inf")
+    for _ in range(repeats):
+        dist.barrier()
+        start = time.perf_counter()
+        dist.all_gather(list(out.unbind(0)), piece)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def rollout_tokens_per_s(engine, batch: int) -> float:
     """Greedy decode of ``batch`` random prompts (a short warm-up call first compiles the sampler)."""
     from megatron_grpo.config.rollout import SamplingConfig
@@ -89,9 +109,13 @@ def engine_config(bucket_mb: int):
                          max_model_len=PROMPT_TOKENS + GEN_TOKENS, kv_cache_gb=0.25, refit_bucket_mb=bucket_mb)
 
 
-def worker(config: dict, dtype: str, tp: int, bucket_mb: int, model_dir: str, repeats: int, gen_batch: int) -> dict:
-    """Every rank: a policy and its engine, refits timed, then the memcpy baseline. Fresh processes per
-    case: closing a vLLM engine tears down torch.distributed, and RSS starts clean."""
+def worker(config: dict, dtype: str, tp: int, bucket_mb: int, model_dir: str, phase: str, repeats: int,
+           gen_batch: int) -> dict:
+    """Every rank: a policy and its engine. ``memory``: peak RSS growth of the first refit into the fresh
+    engine (the process runs with MALLOC_MMAP_THRESHOLD_ low, so RSS is live bytes). ``speed``: a first
+    refit, then the best of ``repeats``, the baselines and the engine's decode speed (default malloc:
+    the low threshold makes every tensor a fresh mapping, ~1.6x slower at 0.6B). Fresh processes per
+    phase: closing a vLLM engine tears down torch.distributed, and RSS starts clean."""
     from megatron_grpo.config import ModelConfig, OptimizerConfig, ParallelConfig
     from megatron_grpo.launch import init_distributed, shutdown
     from megatron_grpo.model import arch_from_dict
@@ -106,14 +130,20 @@ def worker(config: dict, dtype: str, tp: int, bucket_mb: int, model_dir: str, re
     policy = MegatronPolicy(arch_from_dict(config), model_cfg, par, OptimizerConfig(), total_steps=1)
     engine = build_engine(model_dir, REPO / "megatron_grpo" / "assets" / "tiny", engine_config(bucket_mb), dtype,
                           load_weights=False)
-    metrics, rss = peak_rss_growth(lambda: refit(policy, engine, DTYPES[dtype]))
-    seconds = [metrics["refit/seconds"]]
-    seconds += [refit(policy, engine, DTYPES[dtype])["refit/seconds"] for _ in range(repeats - 1)]
-    row = {"bytes": int(metrics["refit/bytes"]), "tensors": int(metrics["refit/tensors"]),
-           "refit_s": min(seconds), "memcpy_s": memcpy_seconds(int(metrics["refit/bytes"]), max(5, repeats)),
-           "peak_rss_delta_bytes": rss}
-    if gen_batch:
-        row["gen_tokens_per_s"] = rollout_tokens_per_s(engine, gen_batch)
+    if phase == "memory":
+        metrics, rss = peak_rss_growth(lambda: refit(policy, engine, DTYPES[dtype]))
+        row = {"bytes": int(metrics["refit/bytes"]), "tensors": int(metrics["refit/tensors"]),
+               "peak_rss_delta_bytes": rss}
+    else:
+        first = refit(policy, engine, DTYPES[dtype])
+        nbytes = int(first["refit/bytes"])
+        row = {"first_refit_s": first["refit/seconds"],
+               "refit_s": min(refit(policy, engine, DTYPES[dtype])["refit/seconds"] for _ in range(repeats)),
+               "memcpy_s": memcpy_seconds(nbytes, max(5, repeats))}
+        if tp > 1:
+            row["allgather_s"] = allgather_seconds(nbytes, max(3, repeats))
+        if gen_batch:
+            row["gen_tokens_per_s"] = rollout_tokens_per_s(engine, gen_batch)
     engine.close()
     shutdown()
     return row
@@ -134,10 +164,9 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
     parser.add_argument("--buckets", type=int, nargs="+", default=list(BUCKETS_MB), help="refit_bucket_mb values")
     parser.add_argument("--tp", type=int, nargs="+", default=[1], help="policy TP sizes (TP ranks = processes)")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--gen-batch", type=int, default=8)
     args = parser.parse_args()
-    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(64 << 10)  # freed tensors leave RSS: the peak is live bytes
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(REPO / ".cache" / "torchinductor"))
     with tempfile.TemporaryDirectory() as tmp:
         for name, dtype, tp, bucket_mb in cases(args):
@@ -145,10 +174,16 @@ def main() -> None:
             model_dir.mkdir(exist_ok=True)
             (model_dir / "config.json").write_text(json.dumps(MODELS[name]))
             gen_batch = args.gen_batch if bucket_mb == GEN_BUCKET_MB else 0
-            ranks = run_distributed(worker, tp, MODELS[name], dtype, tp, bucket_mb, str(model_dir), args.repeats,
-                                    gen_batch, timeout=3600)
-            row = {**ranks[0], "peak_rss_delta_bytes": max(r["peak_rss_delta_bytes"] for r in ranks)}
+            run = partial(run_distributed, worker, tp, MODELS[name], dtype, tp, bucket_mb, str(model_dir),
+                          timeout=3600)
+            os.environ["MALLOC_MMAP_THRESHOLD_"] = str(64 << 10)  # freed tensors leave RSS: the peak is live bytes
+            memory = run("memory", 0, 0)
+            del os.environ["MALLOC_MMAP_THRESHOLD_"]
+            row = {**memory[0], **run("speed", args.repeats, gen_batch)[0],
+                   "peak_rss_delta_bytes": max(r["peak_rss_delta_bytes"] for r in memory)}
             row["ratio_to_memcpy"] = row["refit_s"] / row["memcpy_s"]
+            if "allgather_s" in row:
+                row["ratio_to_allgather"] = row["refit_s"] / row["allgather_s"]
             print(json.dumps({"case": f"{name}/{dtype}/tp{tp}/bucket{bucket_mb}MB", **row}), flush=True)
 
 if __name__ == "__main__":
