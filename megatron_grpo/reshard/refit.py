@@ -20,6 +20,7 @@ in Megatron names, so vLLM would need a further HF-naming pass; this direct stre
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Iterator
 
@@ -31,6 +32,9 @@ from megatron_grpo.convert.mapping import hf_layout, match_mcore, rules_for
 from megatron_grpo.convert.weights import global_named_params
 from megatron_grpo.model.policy import MegatronPolicy
 from megatron_grpo.rollout.types import RolloutEngine
+from megatron_grpo.rollout.weight_specs import checksum, checksums_agree
+
+log = logging.getLogger(__name__)
 
 
 class RefitError(RuntimeError):
@@ -107,18 +111,39 @@ def _check_manifest_everywhere(policy: MegatronPolicy, engine: RolloutEngine, dt
         raise RefitError(f"refit rejected, engines keep their weights: {errors[0]}")
 
 
-def refit(policy: MegatronPolicy, engine: RolloutEngine, dtype: torch.dtype) -> dict[str, float]:
-    """Push the policy's current weights into this rank's ``engine``. Collective over all ranks."""
+def refit(policy: MegatronPolicy, engine: RolloutEngine, dtype: torch.dtype, check: bool = True) -> dict[str, float]:
+    """Push the policy's current weights into this rank's ``engine``. Collective over all ranks.
+
+    With ``check``, every engine's ``weight_checksums`` afterwards must equal the checksums of what was
+    sent (``refit/checksum_ok`` is 1 only if all ranks agree); a mismatch is logged naming the tensor."""
     start = time.perf_counter()
     sent = {"bytes": 0, "tensors": 0}
+    sums: dict[str, float] = {}
 
     def counted(stream):
         for name, tensor in stream:
             sent["bytes"] += tensor.numel() * tensor.element_size()
             sent["tensors"] += 1
+            if check:
+                sums[name] = checksum(tensor)
             yield name, tensor
 
     _check_manifest_everywhere(policy, engine, dtype)
     engine.update_weights(counted(full_weights(policy, dtype)))
-    return {"refit/seconds": time.perf_counter() - start, "refit/bytes": float(sent["bytes"]),
-            "refit/tensors": float(sent["tensors"])}
+    metrics = {"refit/seconds": time.perf_counter() - start, "refit/bytes": float(sent["bytes"]),
+               "refit/tensors": float(sent["tensors"])}
+    if check:
+        metrics["refit/checksum_ok"] = _checksums_ok(engine, sums)
+    return metrics
+
+
+def _checksums_ok(engine: RolloutEngine, sent: dict[str, float]) -> float:
+    """Collective: 1.0 if every rank's engine holds what its stream sent, else 0.0 (mismatches logged)."""
+    held = engine.weight_checksums()
+    bad = [name for name, value in sent.items() if name in held and not checksums_agree(value, held[name])]
+    if bad:
+        log.error("refit checksum: rank %d's engine does not hold what was sent for %s (%d tensors in all): "
+                  "sent %.9g, engine %.9g", dist.get_rank(), bad[0], len(bad), sent[bad[0]], held[bad[0]])
+    verdicts = [None] * dist.get_world_size()
+    dist.all_gather_object(verdicts, not bad)  # objects: no device tensor needed on any backend
+    return float(all(verdicts))

@@ -42,6 +42,10 @@ class RolloutEngine(Protocol):
         """Reject a whole update (name -> (shape, dtype)) before any tensor is sent."""
         ...
 
+    def weight_checksums(self) -> dict[str, float]:
+        """HF name -> ``weight_specs.checksum`` of that tensor as the engine holds it (refit check)."""
+        ...
+
     def close(self) -> None:
         """Release the engine (before the process groups go away)."""
         ...

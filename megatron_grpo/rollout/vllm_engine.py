@@ -47,6 +47,8 @@ from megatron_grpo.rollout.weight_specs import (  # noqa: E402
     WeightSpec,
     WeightStream,
     check_manifest,
+    checksum,
+    engine_locations,
     hf_weight_specs,
 )
 
@@ -97,9 +99,18 @@ class InPlaceLoader(BaseModelLoader):
 class WorkerExtension:
     """Methods vLLM mixes into its worker class (``worker_extension_cls``); called via ``collective_rpc``."""
 
+    def grpo_packed_modules(self) -> dict[str, list[str]]:
+        """Which HF modules the engine fuses into one (q/k/v -> qkv_proj, ...), in stacking order."""
+        return dict(getattr(self.model_runner.get_model(), "packed_modules_mapping", {}))
+
     def grpo_load_weights(self, weights: list[tuple[str, torch.Tensor]]) -> None:
         """Copy ``weights`` into the live model in place; tensors not named keep their values."""
         self.model_runner.get_model().load_weights(weights)
+
+    def grpo_checksums(self, where: list[tuple[str, str, int, int]]) -> dict[str, float]:
+        """``checksum`` of each (HF name, engine parameter, first row, rows): what the engine holds."""
+        params = dict(self.model_runner.get_model().named_parameters())
+        return {name: checksum(params[param].narrow(0, row, rows)) for name, param, row, rows in where}
 
 
 def request_seed(seed: int, index: int) -> int:
@@ -139,10 +150,12 @@ def build_engine(
         )
     hf_config = AutoConfig.from_pretrained(model_dir)
     specs, aliases = hf_weight_specs(hf_config, DTYPES[dtype])
-    weights = ModelWeights(specs=specs, aliases=aliases)
+    packed = llm.collective_rpc("grpo_packed_modules")[0]
+    weights = ModelWeights(specs=specs, aliases=aliases, locations=engine_locations(specs, packed))
     stop_ids = _eos_ids(hf_config.eos_token_id, llm.get_tokenizer().eos_token_id)
     sleep_mode = cfg.colocated and not on_cpu
-    return VllmEngine(llm, weights, stop_ids, bucket_bytes=cfg.refit_bucket_mb << 20, sleep_mode=sleep_mode)
+    return VllmEngine(llm, weights, stop_ids, bucket_bytes=cfg.refit_bucket_mb << 20, sleep_mode=sleep_mode,
+                      tensor_parallel=cfg.tensor_parallel)
 
 
 _LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -174,8 +187,9 @@ class VllmEngine:
     """``RolloutEngine`` over an in-process ``vllm.LLM``; build it with ``build_engine``."""
 
     def __init__(self, llm: LLM, weights: ModelWeights, stop_ids: list[int], bucket_bytes: int,
-                 sleep_mode: bool):
+                 sleep_mode: bool, tensor_parallel: int = 1):
         self._llm = llm
+        self._tensor_parallel = tensor_parallel
         self._weights = weights
         self._stop_ids = stop_ids
         self._bucket_bytes = bucket_bytes
@@ -237,6 +251,14 @@ class VllmEngine:
     def check_manifest(self, manifest: Mapping[str, WeightSpec]) -> None:
         """Reject an update before sending anything; ``WeightMismatchError`` names the first bad tensor."""
         check_manifest(self._weights, manifest)
+
+    def weight_checksums(self) -> dict[str, float]:
+        """``weight_specs.checksum`` of every required HF tensor as the engine holds it (engine TP 1: the
+        one worker holds every tensor whole)."""
+        if self._tensor_parallel != 1:
+            raise NotImplementedError("weight checksums read whole tensors: engine tensor_parallel must be 1")
+        where = [(name, *self._weights.locations[name], spec[0][0]) for name, spec in self._weights.specs.items()]
+        return self._llm.collective_rpc("grpo_checksums", kwargs={"where": where})[0]
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Replace all weights from HF-named full tensors, applied in buckets of ``refit_bucket_mb``.

@@ -32,6 +32,8 @@ class ModelWeights:
     aliases: dict[str, str] = field(default_factory=dict)
     """Tied copy -> the parameter it shares (``lm_head.weight`` -> ``model.embed_tokens.weight``): accepted,
     checked against the shared parameter's spec and dropped."""
+    locations: dict[str, tuple[str, int]] = field(default_factory=dict)
+    """HF name -> (engine parameter holding it, its first row there); see ``engine_locations``."""
 
 
 def hf_weight_specs(
@@ -50,6 +52,39 @@ def hf_weight_specs(
         else:
             aliases[name] = owner
     return specs, aliases
+
+
+def engine_locations(specs: Mapping[str, WeightSpec],
+                     packed_modules: Mapping[str, list[str]]) -> dict[str, tuple[str, int]]:
+    """HF name -> (engine parameter, first row): an engine fusing modules (``qkv_proj`` = q, k, v) stacks
+    their tensors along dim 0 in ``packed_modules`` order (vLLM's ``packed_modules_mapping``)."""
+    fused_of = {part: (fused, parts) for fused, parts in packed_modules.items() for part in parts}
+    locations = {}
+    for name in specs:
+        module, _, leaf = name.rpartition(".")
+        parent, _, last = module.rpartition(".")
+        if last not in fused_of:
+            locations[name] = (name, 0)
+            continue
+        fused, parts = fused_of[last]
+        before = parts[: parts.index(last)]
+        locations[name] = (f"{parent}.{fused}.{leaf}", sum(specs[f"{parent}.{p}.{leaf}"][0][0] for p in before))
+    return locations
+
+
+def checksum(tensor: torch.Tensor) -> float:
+    """Cheap fingerprint of a weight: float64 sum of its first, middle and last rows (a 1-D tensor: all of
+    it). The trainer takes it of what it sends, the engine of what it holds; a stale, swapped or
+    truncated tensor changes it at O(1) relative size."""
+    if tensor.dim() == 1:
+        return float(tensor.double().sum())
+    n = tensor.shape[0]
+    return float(tensor[[0, n // 2, n - 1]].double().sum())
+
+
+def checksums_agree(sent: float, held: float) -> bool:
+    """Equal up to summation order (the same values, strided differently on the two sides)."""
+    return abs(sent - held) <= 1e-9 * (1.0 + abs(sent))
 
 
 def check_tensor(weights: ModelWeights, name: str, shape: Shape, dtype: torch.dtype) -> None:

@@ -82,17 +82,20 @@ def _refit_case(policy, engine) -> dict:
 
 def _step_case(policy, engine) -> dict:
     """One optimizer step: the engine keeps the old model until the refit, then has the new one."""
-    from megatron_grpo.reshard.refit import refit
+    from megatron_grpo.reshard.refit import _checksums_ok, full_weights, refit
+    from megatron_grpo.rollout.weight_specs import checksum
 
     old_scores, old = _policy_scores(policy), _greedy(policy, engine)
     target = torch.tensor([SEQUENCES[2][0]])  # one supervised step towards a fixed sequence
     policy.train_step([{"tokens": target}], lambda logprobs, entropy, batch: (-logprobs[:, :-1].mean(), {}))
     stale = _engine_scores(engine)
+    new_sums = {name: checksum(t) for name, t in full_weights(policy, torch.float32)}
     result = {"old": old, "stale_vs_old": mean_abs_diff(stale, old_scores),
-              "stale_vs_new": mean_abs_diff(stale, _policy_scores(policy)), "stale": _greedy(policy, engine)}
-    refit(policy, engine, torch.float32)
+              "stale_vs_new": mean_abs_diff(stale, _policy_scores(policy)), "stale": _greedy(policy, engine),
+              "stale_checksum_ok": _checksums_ok(engine, new_sums)}
+    metrics = refit(policy, engine, torch.float32)
     return {**result, "fresh_vs_new": mean_abs_diff(_engine_scores(engine), _policy_scores(policy)),
-            "new": _greedy(policy, engine)}
+            "new": _greedy(policy, engine), "checksum_ok": metrics["refit/checksum_ok"]}
 
 
 def _mismatch_case(policy, engine) -> dict:
@@ -177,6 +180,7 @@ def test_refit_engine_logprobs_equal_megatron(ranks, case):
         assert result["before"] > 1e-2, "the engine already had these weights: the refit proves nothing"
         assert result["after"] < 1e-4
         assert result["metrics"]["refit/bytes"] == _model_bytes(ENGINES[case.split("/")[0]])
+        assert result["metrics"]["refit/checksum_ok"] == 1.0
 
 
 def test_optimizer_step_reaches_engine_only_through_refit(ranks):
@@ -188,6 +192,7 @@ def test_optimizer_step_reaches_engine_only_through_refit(ranks):
         assert step["stale_vs_old"] < 1e-4 and stale == old  # ... but not the engine, until the refit:
         assert step["fresh_vs_new"] < 1e-4 and new == step["new"]["megatron"]
         assert new != old
+        assert step["stale_checksum_ok"] == 0.0 and step["checksum_ok"] == 1.0  # the checksum sees it too
 
 
 def test_refit_peak_rss_is_two_buckets(ranks):

@@ -12,6 +12,9 @@ from megatron_grpo.rollout.weight_specs import (
     WeightMismatchError,
     WeightStream,
     check_manifest,
+    checksum,
+    checksums_agree,
+    engine_locations,
     hf_weight_specs,
 )
 
@@ -81,3 +84,27 @@ def test_manifest_errors_name_the_tensor(change, message):
     with pytest.raises(WeightMismatchError, match=message):
         check_manifest(weights, manifest)
     check_manifest(weights, weights.specs)
+
+
+def test_engine_locations_stack_fused_parts_in_packing_order():
+    weights = tiny_weights(tie=False)
+    packed = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
+    where = engine_locations(weights.specs, packed)
+    attn, mlp = "model.layers.1.self_attn", "model.layers.1.mlp"
+    assert where[f"{attn}.q_proj.weight"] == (f"{attn}.qkv_proj.weight", 0)
+    assert where[f"{attn}.k_proj.weight"] == (f"{attn}.qkv_proj.weight", 128)  # after q: 4 heads of 32
+    assert where[f"{attn}.v_proj.weight"] == (f"{attn}.qkv_proj.weight", 128 + 64)
+    assert where[f"{mlp}.up_proj.weight"] == (f"{mlp}.gate_up_proj.weight", 384)
+    assert where[f"{attn}.q_norm.weight"] == (f"{attn}.q_norm.weight", 0)
+    assert where["lm_head.weight"] == ("lm_head.weight", 0)
+    assert set(where) == set(weights.specs)
+
+
+def test_checksum_reads_first_middle_last_rows():
+    t = torch.arange(12.0).view(6, 2)
+    assert checksum(t) == (0 + 1) + (6 + 7) + (10 + 11)
+    assert checksum(torch.tensor([1.0, 2.0, 4.0])) == 7.0
+    changed = t.clone()
+    changed[3, 1] += 1e-3  # the middle row
+    assert not checksums_agree(checksum(t), checksum(changed))
+    assert checksums_agree(checksum(t), checksum(t.t().contiguous().t()))  # same values, other strides

@@ -32,9 +32,10 @@ def test_tiny_default_learns(tmp_path):
     assert last >= 0.2 and last >= 2 * first, (first, last)
     row = read_metrics(tmp_path)[-1]
     for key in ("loss", "response_length/mean", "time/step", "time/rollout", "time/update", "time/refit",
-                "perf/tokens_per_s", "actor/entropy", "rollout/logprob_abs_diff"):
+                "perf/tokens_per_s", "actor/entropy", "rollout/logprob_abs_diff", "refit/checksum_ok"):
         assert key in row, key
     assert row["rollout/logprob_abs_diff"] < 1e-4  # the refit really put the trained weights in the engine
+    assert all(r["refit/checksum_ok"] == 1.0 for r in read_metrics(tmp_path))
     assert (tmp_path / "config.yaml").is_file() and json.loads((tmp_path / "versions.json").read_text())["torch"]
 
 
