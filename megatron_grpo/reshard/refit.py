@@ -118,7 +118,7 @@ def refit(policy: MegatronPolicy, engine: RolloutEngine, dtype: torch.dtype, che
     sent (``refit/checksum_ok`` is 1 only if all ranks agree); a mismatch is logged naming the tensor."""
     start = time.perf_counter()
     sent = {"bytes": 0, "tensors": 0}
-    sums: dict[str, float] = {}
+    sums: dict[str, torch.Tensor] = {}
 
     def counted(stream):
         for name, tensor in stream:
@@ -133,7 +133,8 @@ def refit(policy: MegatronPolicy, engine: RolloutEngine, dtype: torch.dtype, che
     metrics = {"refit/seconds": time.perf_counter() - start, "refit/bytes": float(sent["bytes"]),
                "refit/tensors": float(sent["tensors"])}
     if check:
-        metrics["refit/checksum_ok"] = _checksums_ok(engine, sums)
+        values = torch.stack(list(sums.values())).tolist() if sums else []
+        metrics["refit/checksum_ok"] = _checksums_ok(engine, dict(zip(sums, values, strict=True)))
     return metrics
 
 

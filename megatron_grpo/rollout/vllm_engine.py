@@ -110,7 +110,8 @@ class WorkerExtension:
     def grpo_checksums(self, where: list[tuple[str, str, int, int]]) -> dict[str, float]:
         """``checksum`` of each (HF name, engine parameter, first row, rows): what the engine holds."""
         params = dict(self.model_runner.get_model().named_parameters())
-        return {name: checksum(params[param].narrow(0, row, rows)) for name, param, row, rows in where}
+        sums = [checksum(params[param].narrow(0, row, rows)) for _, param, row, rows in where]
+        return dict(zip([name for name, *_ in where], torch.stack(sums).tolist(), strict=True))
 
 
 def request_seed(seed: int, index: int) -> int:

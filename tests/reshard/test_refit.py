@@ -89,7 +89,7 @@ def _step_case(policy, engine) -> dict:
     target = torch.tensor([SEQUENCES[2][0]])  # one supervised step towards a fixed sequence
     policy.train_step([{"tokens": target}], lambda logprobs, entropy, batch: (-logprobs[:, :-1].mean(), {}))
     stale = _engine_scores(engine)
-    new_sums = {name: checksum(t) for name, t in full_weights(policy, torch.float32)}
+    new_sums = {name: float(checksum(t)) for name, t in full_weights(policy, torch.float32)}
     result = {"old": old, "stale_vs_old": mean_abs_diff(stale, old_scores),
               "stale_vs_new": mean_abs_diff(stale, _policy_scores(policy)), "stale": _greedy(policy, engine),
               "stale_checksum_ok": _checksums_ok(engine, new_sums)}

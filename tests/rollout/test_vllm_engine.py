@@ -67,10 +67,10 @@ def test_update_switches_to_new_weights(engine, models):
     assert mean_abs_diff(engine_logprobs(engine), reference(old)) < 1e-4
 
 
-def _bump_k_proj_middle_row(worker) -> None:
+def _bump_k_proj_last_row(worker) -> None:
     """Run inside the engine's worker: change one value where layer 1's k_proj sits in the fused qkv_proj."""
     params = dict(worker.model_runner.get_model().named_parameters())
-    params["model.layers.1.self_attn.qkv_proj.weight"].data[128 + 32, 5] += 1.0  # after q's 128 rows; k has 64
+    params["model.layers.1.self_attn.qkv_proj.weight"].data[128 + 63, 5] += 1.0  # k's last row: after q's 128
 
 
 def test_weight_checksums_read_what_the_engine_holds(engine, models):
@@ -79,12 +79,12 @@ def test_weight_checksums_read_what_the_engine_holds(engine, models):
     engine.update_weights(list(sent.items()))
     held = engine.weight_checksums()
     assert held.keys() == sent.keys() - {"lm_head.weight"}  # tied: the alias is not a tensor of its own
-    assert all(checksums_agree(checksum(sent[name]), value) for name, value in held.items())
-    old_sums = {name: checksum(t) for name, t in hf_weights(old)}
+    assert all(checksums_agree(float(checksum(sent[name])), value) for name, value in held.items())
+    old_sums = {name: float(checksum(t)) for name, t in hf_weights(old)}
     matrices = [name for name in held if sent[name].dim() == 2]  # norms are ones in both models
     assert len(matrices) == 1 + 2 * 7 and not any(checksums_agree(old_sums[name], held[name]) for name in matrices)
 
-    engine._llm.collective_rpc(_bump_k_proj_middle_row)
+    engine._llm.collective_rpc(_bump_k_proj_last_row)
     moved = [name for name, value in engine.weight_checksums().items() if not checksums_agree(held[name], value)]
     assert moved == ["model.layers.1.self_attn.k_proj.weight"]  # the location map finds the fused part
     engine.update_weights(hf_weights(old))
