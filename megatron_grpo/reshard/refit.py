@@ -2,12 +2,11 @@
 
 Colocated layout: every rank holds an engine with the full model (rollout TP 1 on CPU), so every rank
 must receive every tensor. Any TP/PP/DP layout works: pipeline stage by stage, the stage's TP ranks
-all-gather each parameter (``convert.weights.stage_hf_tensors``), then each pipeline group broadcasts it
-from that stage to the other stages. Data-parallel replicas hold identical weights after the optimizer
-step and stream in parallel, each within its own pipeline groups. Each engine takes the tensors lazily
-and applies them in byte-bounded buckets: the extra memory is about two buckets plus what is in flight,
-which on the CPU engine is one decoder layer, or three copies of the largest tensor (the embedding: its
-unshard copy, its reload, the tied lm_head re-pack). Measured in docs/refit.md.
+all-gather each HF tensor from their slices of it (``convert.weights.stage_hf_tensors``), then each
+pipeline group broadcasts it from that stage to the other stages. Data-parallel replicas hold identical
+weights after the optimizer step and stream in parallel, each within its own pipeline groups. Each engine
+takes the tensors lazily and copies them into its weights in place, bucket by bucket: the extra memory is
+one bucket plus the tensor in flight (at most twice the largest HF tensor). Measured in docs/refit.md.
 
 Before anything moves, every engine checks the full manifest (every HF name, shape and dtype, derived
 from the weight mapping), so a mismatch leaves all engines' previous weights untouched.
