@@ -55,6 +55,24 @@ def _chunk(n: int, parts: int, index: int) -> range:
     return range(start, start + base + (index < extra))
 
 
+class AllEngines:
+    """Every rank's engine as one, collectively: ``generate`` splits the prompts over the ranks (seeded as
+    one engine would seed them, so the samples do not depend on the world size) and every rank gets all
+    samples back. Validation goes through it so that no engine idles while rank 0's works."""
+
+    def __init__(self, engine: RolloutEngine):
+        self._engine = engine
+
+    def generate(self, prompts: list[list[int]], sampling: SamplingConfig, seed: int,
+                 first_index: int = 0) -> list[list[Sample]]:
+        mine = _chunk(len(prompts), dist.get_world_size(), dist.get_rank())
+        part = (self._engine.generate([prompts[i] for i in mine], sampling, seed, first_index=first_index + mine.start)
+                if mine else [])
+        parts = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, part)
+        return [group for p in parts for group in p]
+
+
 def generate_and_score(engine: RolloutEngine, scorer: RewardScorer, items: list[PromptItem],
                        sampling: SamplingConfig, seed: int) -> tuple[RolloutBatch, dict[str, float]]:
     """Collective: this rank's chunk through its engine and scorer, then every rank gets the whole batch."""

@@ -73,7 +73,7 @@ def test_sigterm_saves_checkpoint_and_exits_for_requeue(tmp_path):
 @pytest.mark.parametrize("layout", ["parallel.tensor=1", "parallel.tensor=2"], ids=["dp2", "tp2"])
 def test_two_processes_match_one(tmp_path, layout):
     single, double = tmp_path / "one", tmp_path / "two"
-    base = ["trainer.max_steps=3", "checkpoint.save_freq=0"]
+    base = ["trainer.max_steps=3", "checkpoint.save_freq=0", "trainer.test_freq=3"]
     for run_dir, nproc in ((single, 1), (double, 2)):
         proc = train(run_dir, *base, layout if nproc == 2 else "parallel.tensor=1", nproc=nproc)
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -81,6 +81,9 @@ def test_two_processes_match_one(tmp_path, layout):
         assert a["reward/mean"] == b["reward/mean"]
         for key in ("actor/grad_norm", "actor/entropy"):
             assert b[key] == pytest.approx(a[key], rel=1e-5), key
+    # validation split over both engines draws the samples one engine draws
+    evals = [{k: v for k, v in read_metrics(d)[-1].items() if k.startswith("eval/")} for d in (single, double)]
+    assert evals[0] and evals[1] == evals[0]
 
 
 def test_nan_steps_are_skipped_then_abort(tmp_path):
