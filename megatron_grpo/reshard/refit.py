@@ -133,17 +133,20 @@ def refit(policy: MegatronPolicy, engine: RolloutEngine, dtype: torch.dtype, che
                "refit/tensors": float(sent["tensors"])}
     if check:
         values = torch.stack(list(sums.values())).tolist() if sums else []
-        metrics["refit/checksum_ok"] = _checksums_ok(engine, dict(zip(sums, values, strict=True)))
+        ok = _checksums_ok(engine, dict(zip(sums, values, strict=True)))
+        if ok is not None:
+            metrics["refit/checksum_ok"] = ok
     return metrics
 
 
-def _checksums_ok(engine: RolloutEngine, sent: dict[str, float]) -> float:
-    """Collective: 1.0 if every rank's engine holds what its stream sent, else 0.0 (mismatches logged)."""
+def _checksums_ok(engine: RolloutEngine, sent: dict[str, float]) -> float | None:
+    """Collective: 1.0 if every rank's engine holds what its stream sent, else 0.0 (mismatches logged);
+    None if an engine cannot read its weights back (engine TP > 1)."""
     held = engine.weight_checksums()
-    bad = [name for name, value in sent.items() if name in held and not checksums_agree(value, held[name])]
+    bad = [name for name, value in sent.items() if held and name in held and not checksums_agree(value, held[name])]
     if bad:
         log.error("refit checksum: rank %d's engine does not hold what was sent for %s (%d tensors in all): "
                   "sent %.9g, engine %.9g", dist.get_rank(), bad[0], len(bad), sent[bad[0]], held[bad[0]])
     verdicts = [None] * dist.get_world_size()
-    dist.all_gather_object(verdicts, not bad)  # objects: no device tensor needed on any backend
-    return float(all(verdicts))
+    dist.all_gather_object(verdicts, None if held is None else not bad)  # objects: any backend, no device
+    return None if None in verdicts else float(all(verdicts))

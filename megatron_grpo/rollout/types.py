@@ -42,8 +42,9 @@ class RolloutEngine(Protocol):
         """Reject a whole update (name -> (shape, dtype)) before any tensor is sent."""
         ...
 
-    def weight_checksums(self) -> dict[str, float]:
-        """HF name -> ``weight_specs.checksum`` of that tensor as the engine holds it (refit check)."""
+    def weight_checksums(self) -> dict[str, float] | None:
+        """HF name -> ``weight_specs.checksum`` of that tensor as the engine holds it (refit check); None
+        if this engine cannot read its weights back."""
         ...
 
     def close(self) -> None:

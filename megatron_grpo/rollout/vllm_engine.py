@@ -253,11 +253,11 @@ class VllmEngine:
         """Reject an update before sending anything; ``WeightMismatchError`` names the first bad tensor."""
         check_manifest(self._weights, manifest)
 
-    def weight_checksums(self) -> dict[str, float]:
-        """``weight_specs.checksum`` of every required HF tensor as the engine holds it (engine TP 1: the
-        one worker holds every tensor whole)."""
+    def weight_checksums(self) -> dict[str, float] | None:
+        """``weight_specs.checksum`` of every required HF tensor as the engine holds it; None with engine
+        TP > 1, whose workers each hold a shard (the check reads whole tensors in the one worker)."""
         if self._tensor_parallel != 1:
-            raise NotImplementedError("weight checksums read whole tensors: engine tensor_parallel must be 1")
+            return None
         where = [(name, *self._weights.locations[name], spec[0][0]) for name, spec in self._weights.specs.items()]
         return self._llm.collective_rpc("grpo_checksums", kwargs={"where": where})[0]
 
