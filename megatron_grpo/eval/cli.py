@@ -15,9 +15,10 @@ def run_eval(cfg: Config, ckpt: str | None = None, hf: str | None = None, out: s
     """HF directory: the engine loads it directly. Megatron checkpoint: the policy loads it (any layout)
     and the refit streams it into the engine, exactly as during training."""
     from megatron_grpo.checkpoint import load_checkpoint
-    from megatron_grpo.eval import answer_key_for, evaluate, grade_with, load_eval_sets, write_report
+    from megatron_grpo.eval import load_eval_sets
     from megatron_grpo.reshard.refit import refit
     from megatron_grpo.trainer.setup import build_run
+    from megatron_grpo.trainer.validate import evaluate_run
 
     if not cfg.eval.sets:
         raise ConfigError("eval.sets: no evaluation sets configured")
@@ -27,15 +28,12 @@ def run_eval(cfg: Config, ckpt: str | None = None, hf: str | None = None, out: s
     if ckpt:
         load_checkpoint(ckpt, run.policy, load_optimizer=False)
     refit(run.policy, run.engine, run.dtype)
+    sets = run.eval_sets or load_eval_sets(cfg.eval, cfg.data, run.tokenizer)
+    out_dir = Path(out) if out else Path(cfg.trainer.run_dir) / "eval"
+    metrics = evaluate_run(run, sets, out_dir, "eval")  # every rank's engine takes a share
     if run.is_rank0:
-        sets = run.eval_sets or load_eval_sets(cfg.eval, cfg.data, run.tokenizer)
-        result = evaluate(run.engine, sets, cfg.rollout.val, k=cfg.eval.k,
-                          grade=grade_with(run.scorer, cfg.reward.correct_score), answer_key=answer_key_for(cfg.reward),
-                          seed=cfg.eval.seed)
-        out_dir = Path(out) if out else Path(cfg.trainer.run_dir) / "eval"
-        write_report(result.metrics, result.outcomes, out_dir, "eval")
-        print(json.dumps(result.metrics.flat("eval"), indent=2))
-        run.scorer.close()
+        print(json.dumps(metrics.flat("eval"), indent=2))
+    run.scorer.close()
     return 0
 
 
