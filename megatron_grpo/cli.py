@@ -14,7 +14,7 @@ import sys
 from megatron_grpo.config import ConfigError, load_config
 from megatron_grpo.convert.cli import add_convert_arguments, run_convert
 from megatron_grpo.data import DataError
-from megatron_grpo.launch.plan import add_plan_arguments, run_plan
+from megatron_grpo.plan.estimate import add_plan_arguments, run_plan
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from megatron_grpo import platform
 from megatron_grpo.config import ConfigError, ParallelConfig
-from megatron_grpo.platform import dist_backend, has_cuda, setup_platform
 
 
 @dataclass(frozen=True)
@@ -94,19 +94,18 @@ def _free_port() -> int:
 
 
 def init_distributed(par: ParallelConfig, seed: int, env: DistEnv | None = None) -> DistEnv:
-    """Start torch.distributed and Megatron's parallel groups; seed every RNG."""
-    setup_platform()
+    """Start torch.distributed and Megatron's parallel groups; seed every RNG. On the ``meta`` platform
+    (set up by the caller) the process group is torch's fake one: this process acts as ``env.rank``."""
     env = env or dist_env()
-    if has_cuda():
-        torch.cuda.set_device(env.local_rank)
+    platform.setup_platform(local_rank=env.local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(
-            backend=dist_backend(par.backend),
-            init_method=f"tcp://{env.master_addr}:{env.master_port}",
-            rank=env.rank,
-            world_size=env.world_size,
-            timeout=timedelta(minutes=30),
-        )
+        where = {"init_method": f"tcp://{env.master_addr}:{env.master_port}"}
+        if platform.kind() == "meta":
+            from torch.testing._internal.distributed.fake_pg import FakeStore
+
+            where = {"store": FakeStore()}
+        dist.init_process_group(backend=platform.dist_backend(par.backend), rank=env.rank,
+                                world_size=env.world_size, timeout=timedelta(minutes=30), **where)
     if env.world_size % (par.tensor * par.pipeline):
         raise ConfigError(
             f"parallel: world size {env.world_size} is not divisible by tensor x pipeline = {par.tensor * par.pipeline}"
@@ -128,7 +127,7 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    if has_cuda():
+    if platform.has_cuda():
         from megatron.core import tensor_parallel
 
         tensor_parallel.model_parallel_cuda_manual_seed(seed)

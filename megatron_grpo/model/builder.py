@@ -18,9 +18,10 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.spec_utils import ModuleSpec
 
+from megatron_grpo import platform
 from megatron_grpo.config import ConfigError, ModelConfig, OptimizerConfig, ParallelConfig
 from megatron_grpo.model.arch import ModelArch, padded_vocab_size
-from megatron_grpo.platform import DTYPES, has_cuda
+from megatron_grpo.platform import DTYPES
 
 
 def use_transformer_engine(model_cfg: ModelConfig) -> bool:
@@ -31,7 +32,7 @@ def use_transformer_engine(model_cfg: ModelConfig) -> bool:
     except ImportError:
         available = False
     else:
-        available = has_cuda()
+        available = platform.has_cuda()
     if model_cfg.transformer_impl == "transformer_engine" and not available:
         raise ConfigError("model.transformer_impl: transformer_engine requested but TE/CUDA is not available")
     return available
@@ -47,7 +48,7 @@ def layer_spec(arch: ModelArch, model_cfg: ModelConfig) -> ModuleSpec:
 
 def transformer_config(arch: ModelArch, model_cfg: ModelConfig, par: ParallelConfig) -> TransformerConfig:
     dtype = DTYPES[model_cfg.dtype]
-    gpu = has_cuda()
+    gpu = platform.accelerated()  # CUDA, or the meta stand-in of it
     recompute = {}
     if model_cfg.recompute == "full":
         recompute = dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
@@ -117,9 +118,7 @@ def build_model(arch: ModelArch, model_cfg: ModelConfig, par: ParallelConfig) ->
             rotary_base=int(arch.rope_theta),
             vp_stage=vp_stage,
         )
-        if has_cuda():
-            model.cuda(torch.cuda.current_device())
-        chunks.append(model)
+        chunks.append(model.to(platform.device()))
     return chunks
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -50,3 +50,19 @@ class RolloutEngine(Protocol):
     def close(self) -> None:
         """Release the engine (before the process groups go away)."""
         ...
+
+
+def buckets(named_tensors: Iterable[tuple[str, torch.Tensor]],
+            bucket_bytes: int) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """Group a weight stream into lists of at most ``bucket_bytes`` (a bucket exceeds it only when one
+    tensor alone does): what an engine holds at once before loading."""
+    bucket: list[tuple[str, torch.Tensor]] = []
+    size = 0
+    for name, tensor in named_tensors:
+        if bucket and size + tensor.nbytes > bucket_bytes:
+            yield bucket
+            bucket, size = [], 0
+        bucket.append((name, tensor))
+        size += tensor.nbytes
+    if bucket:
+        yield bucket

@@ -25,6 +25,7 @@ from megatron_grpo.algo import dynamic_sampling
 from megatron_grpo.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from megatron_grpo.config import Config
 from megatron_grpo.launch import shutdown
+from megatron_grpo.model.update import update_policy
 from megatron_grpo.reshard.refit import refit
 from megatron_grpo.trainer.logger import MetricsLogger, truncate_metrics
 from megatron_grpo.trainer.probe import logprob_probe
@@ -38,7 +39,6 @@ from megatron_grpo.trainer.setup import (
     write_provenance,
 )
 from megatron_grpo.trainer.signals import EXIT_REQUEUE, StopRequest
-from megatron_grpo.trainer.update import update_policy
 from megatron_grpo.trainer.validate import validate
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""launch.plan: hand-computed numbers on a tiny model, the reference job and a 32B model on one node."""
+"""plan.estimate: hand-computed numbers on a tiny model, the reference job and a 32B model on one node."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from megatron_grpo.config import (
     SamplingConfig,
     load_config,
 )
-from megatron_grpo.launch.plan import GIB, Assumptions, format_plan, main, plan, total_params
 from megatron_grpo.model.arch import arch_from_dict, load_arch
+from megatron_grpo.plan.estimate import GIB, Assumptions, format_plan, main, plan, total_params
 
 CONFIGS = Path("/work/shared/data/configs")
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"

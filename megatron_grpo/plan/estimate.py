@@ -286,7 +286,7 @@ def _throughput(cfg: Config, arch: ModelArch, layout: Layout, assume: Assumption
 
 
 def _on_policy(cfg: Config) -> bool:
-    """One optimizer step per rollout: the sampler's log-probs serve as the old ones (trainer/update.py)."""
+    """One optimizer step per rollout: the sampler's log-probs serve as the old ones (model/update.py)."""
     return cfg.algo.ppo_epochs == 1 and cfg.algo.mini_batch_prompts == cfg.data.batch_prompts
 
 

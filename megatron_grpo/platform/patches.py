@@ -1,0 +1,254 @@
+"""Every patch this project applies to torch and Megatron-Core (checked against torch 2.13, megatron-core
+0.16.1), grouped by the condition that needs it; each says what it fixes. ``apply(kind)`` runs once per
+process from ``platform.setup_platform``. On CUDA with Transformer Engine nothing here changes anything.
+
+* no CUDA (``cpu``, ``meta``): Megatron's ``device="cuda"``, ``.cuda()`` and ``torch.cuda.*`` calls land on
+  the platform's device;
+* no Transformer Engine / apex: the local layers' gaps (sequence-parallel norms, the grad-norm fallback);
+* the ``meta`` stand-in: what cannot run on data-less tensors under a fake process group.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+from megatron_grpo.platform import FAKE_BACKEND, DeviceError
+
+_TYPE_PREFIXES = ("torch.meta.", "torch.")
+
+
+def apply(kind: str) -> None:
+    _allow_sequence_parallel_torch_norm()
+    _device_side_grad_norm()
+    if kind == "cuda":
+        return
+    target = torch.device(kind)
+    _no_cuda(target)
+    if kind == "meta":
+        _standin()
+    _DeviceRedirect(target).__enter__()  # stays active for the process lifetime
+
+
+# ---- no CUDA ------------------------------------------------------------------------------------------
+
+
+def _is_cuda_device(dev) -> bool:
+    if isinstance(dev, torch.device):
+        return dev.type == "cuda"
+    if isinstance(dev, str):
+        return dev.startswith("cuda")
+    return isinstance(dev, int) and not isinstance(dev, bool)
+
+
+def _cuda_type_name(name: str) -> str:
+    for prefix in _TYPE_PREFIXES:
+        if name.startswith(prefix) and not name.startswith("torch.cuda."):
+            return "torch.cuda." + name.removeprefix(prefix)
+    return name
+
+
+_HOST_READS = frozenset({torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__float__, torch.Tensor.__int__,
+                         torch.Tensor.__bool__, torch.Tensor.__index__})
+
+_KNOWN_META_READS = {
+    ("megatron/core/optimizer/clip_grads.py", "get_grad_norm_fp32"):
+        "Megatron reads the global grad norm to the host (total_norm.item()) to compute the clip factor",
+}
+"""Host reads of a device tensor the stand-in accepts, each named exactly; they read as 0. Any other
+read of a meta tensor raises: on GPU it would be an unplanned device sync, and the stand-in cannot know
+the value. Project code reads device values through ``platform.to_host``."""
+
+
+class _DeviceRedirect(TorchFunctionMode):
+    """Maps ``device="cuda"``, ``.cuda()`` and ``.to("cuda")`` onto ``target`` and makes ``Tensor.type()``
+    report CUDA type names.
+
+    Fixes: ``torch.tensor(..., device='cuda')`` in optimizer.py, clip_grads.py and
+    param_and_grad_buffer.py ("Torch not compiled with CUDA enabled"); ``p.cuda()`` in optimizer state
+    loading; ``param.type() == 'torch.cuda.FloatTensor'`` asserts in the (distributed) optimizer and
+    clip_grads ("Wrapped parameters must be one of torch.cuda.FloatTensor ..."); the default causal mask
+    (transformer/utils.py) built with ``device="cuda"``. On meta also: host reads (``_KNOWN_META_READS``)
+    and attention (``F.scaled_dot_product_attention`` decomposes to its s^2 math path on meta, while on GPU
+    it runs flash attention: the stand-in calls the flash kernel, whose meta form keeps flash's memory).
+    """
+
+    def __init__(self, target: torch.device):
+        super().__init__()
+        self.target = target
+        self.meta = target.type == "meta"
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.cuda:
+            return args[0].to(self.target)
+        if func is torch.Tensor.type and len(args) == 1 and not kwargs:
+            return _cuda_type_name(func(*args))
+        if self.meta:
+            if args and isinstance(args[0], torch.Tensor) and args[0].is_meta:
+                if func in _HOST_READS:
+                    return _meta_host_read(func, args[0])
+                if func is torch.nn.functional.scaled_dot_product_attention:
+                    return _flash_attention(*args, **kwargs)
+        if _is_cuda_device(kwargs.get("device")):
+            kwargs = {**kwargs, "device": self.target}
+        if func is torch.Tensor.to and len(args) > 1 and _is_cuda_device(args[1]):
+            args = (args[0], self.target, *args[2:])
+        return func(*args, **kwargs)
+
+
+def _meta_host_read(func, tensor: torch.Tensor):
+    caller = _first_caller_outside_torch()
+    if caller not in _KNOWN_META_READS:
+        file, function = caller
+        raise DeviceError(
+            f"{file}: {function} reads a device tensor {tuple(tensor.shape)} to the host (Tensor.{func.__name__}): "
+            "an unplanned device sync on GPU, and no value in the stand-in; use platform.to_host at the "
+            "host boundary"
+        )
+    zero = False if tensor.dtype is torch.bool else 0.0 if tensor.is_floating_point() else 0
+    return torch.zeros(tensor.shape).tolist() if func is torch.Tensor.tolist else type(zero)(zero)
+
+
+def _first_caller_outside_torch() -> tuple[str, str]:
+    """(path from the package root, function) of the innermost frame that is not torch or this module."""
+    torch_dir = str(Path(torch.__file__).parent)
+    frame = sys._getframe(2)
+    while frame is not None:
+        path = frame.f_code.co_filename
+        if not path.startswith(torch_dir) and path != __file__:
+            for root in ("megatron/", "megatron_grpo/"):
+                if root in path:
+                    return root + path.split(root, 1)[1], frame.f_code.co_name
+            return path, frame.f_code.co_name
+        frame = frame.f_back
+    return "<unknown>", "<unknown>"
+
+
+def _flash_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                     enable_gqa=False):
+    if attn_mask is not None:
+        raise DeviceError("the stand-in's flash attention takes no explicit mask (causal only)")
+    return torch.ops.aten._scaled_dot_product_flash_attention(query, key, value, dropout_p, is_causal, False,
+                                                              scale=scale)[0]
+
+
+def _no_cuda(target: torch.device) -> None:
+    # rotary embedding and buffers call `.to(device=torch.cuda.current_device())`: "no CUDA GPUs".
+    torch.cuda.current_device = lambda: target if target.type == "meta" else "cpu"
+    # dist_checkpointing.save and DDP helpers call torch.cuda.synchronize/empty_cache: no-ops here.
+    torch.cuda.synchronize = lambda *a, **k: None
+    torch.cuda.empty_cache = lambda *a, **k: None
+    from megatron.core import tensor_parallel
+    from megatron.core.tensor_parallel import random
+
+    # The CUDA RNG tracker raises "cuda rng state model-parallel-rng is not added" and
+    # model_parallel_cuda_manual_seed needs CUDA; the inference tracker works without.
+    tensor_parallel.random.initialize_rng_tracker(inference_rng_tracker=True, force_reset=True)
+    # Activation recompute saves and restores "the CUDA RNG" around each recomputed layer
+    # (torch.cuda.random.get_rng_state: "Torch not compiled with CUDA enabled"): here the device's RNG
+    # is the host generator.
+    random._get_cuda_rng_state = lambda *a, **k: torch.get_rng_state()
+    random._set_cuda_rng_state = lambda state, *a, **k: torch.set_rng_state(state)
+
+
+# ---- no Transformer Engine / apex -------------------------------------------------------------------------
+
+
+def _allow_sequence_parallel_torch_norm() -> None:
+    # WrappedTorchNorm asserts "sequence parallel not supported by torch LayerNorm" (apex/TE norms are
+    # absent). torch's norms are per position, hence exact on a sequence shard; their weight grads must be
+    # summed over TP, which finalize_model_grads does for params marked `sequence_parallel`.
+    from megatron.core.transformer import torch_norm
+
+    original = torch_norm.WrappedTorchNorm.__new__
+    if getattr(original, "_grpo_patched", False):
+        return
+
+    def new(cls, config, hidden_size, eps=1e-5, **kwargs):
+        if not config.sequence_parallel:
+            return original(cls, config, hidden_size, eps, **kwargs)
+        norm_cls = torch.nn.RMSNorm if config.normalization == "RMSNorm" else torch.nn.LayerNorm
+        norm = norm_cls(hidden_size, eps=eps)
+        for param in norm.parameters():
+            param.sequence_parallel = True
+        return norm
+
+    new._grpo_patched = True
+    torch_norm.WrappedTorchNorm.__new__ = new
+
+
+def _device_side_grad_norm() -> None:
+    # Without TE/apex, clip_grads falls back to megatron.core.utils.local_multi_tensor_l2_norm, which
+    # builds `torch.tensor(list of 0-dim norms)`: one device-to-host copy per gradient tensor on GPU, and
+    # impossible on meta ("Tensor.item() cannot be called on meta tensors"). The same norm, on the device.
+    from megatron.core import utils
+    from megatron.core.optimizer import clip_grads
+
+    if clip_grads.l2_norm_impl is not utils.local_multi_tensor_l2_norm:
+        return
+
+    def l2_norm(chunk_size, noop_flag, tensor_lists, per_tensor, *args):
+        norms = torch.stack([torch.linalg.vector_norm(t.float()) for t in tensor_lists[0]])
+        return torch.linalg.vector_norm(norms).reshape(1), None
+
+    clip_grads.l2_norm_impl = l2_norm
+
+
+# ---- the meta stand-in ---------------------------------------------------------------------------------------
+
+
+_C10D_META = torch.library.Library("c10d", "IMPL")  # kept alive: the registrations live as long as it does
+
+
+def _standin() -> None:
+    import torch._dynamo
+    import torch.distributed as dist
+    from torch.distributed._meta_registrations import create_fakework
+
+    # Megatron's jit_fuser is torch.compile on this torch (fused bias-dropout-add, SwiGLU); inductor cannot
+    # partition meta graphs ("AOT Autograd failed to partition the joint forward-backward graph"). The same
+    # functions run eagerly.
+    torch._dynamo.config.disable = True
+    # torch registers meta kernels for every c10d collective except the four coalesced ones (deprecated
+    # there); DDP's grad sync runs reduce_scatter_tensor_coalesced_ inside _coalescing_manager
+    # ("no fake impl or Meta kernel registered"). Register them the way torch registers the others.
+    for op in ("allreduce_coalesced_", "allgather_coalesced_", "allgather_into_tensor_coalesced_",
+               "reduce_scatter_tensor_coalesced_"):
+        _C10D_META.impl(op, lambda *args: create_fakework(args, return_first_arg=False), "Meta")
+    # Megatron builds gloo side groups next to every group (checkpoint metadata, optimizer); gloo needs a
+    # real rendezvous. In the fake world they are fake groups too.
+    new_group = dist.new_group
+
+    def fake_new_group(*args, **kwargs):
+        if kwargs.get("backend") == "gloo":
+            kwargs["backend"] = FAKE_BACKEND
+        return new_group(*args, **kwargs)
+
+    dist.new_group = fake_new_group
+    _p2p_shapes_from_schedule()
+    from megatron_grpo.platform import standin
+
+    standin.install()
+
+
+def _p2p_shapes_from_schedule() -> None:
+    # With variable_seq_lengths, pipeline stages first exchange each activation's shape; the fake group
+    # delivers none (empty(): "must be tuple of ints, not float"). A peer sends the shape of the same
+    # micro-batch, and the stand-in's micro-batches all have the schedule's tensor_shape: use that.
+    from megatron.core.pipeline_parallel.p2p_communication import P2PCommunicator
+
+    communicate = P2PCommunicator._communicate
+
+    def with_shape(self, *, tensor_shape, **kwargs):
+        self._grpo_shape = tensor_shape
+        return communicate(self, tensor_shape=tensor_shape, **kwargs)
+
+    def shapes(self, tensor_send_next, tensor_send_prev, recv_prev, recv_next):
+        return (self._grpo_shape if recv_prev else None, self._grpo_shape if recv_next else None)
+
+    P2PCommunicator._communicate = with_shape
+    P2PCommunicator._communicate_shapes = shapes
