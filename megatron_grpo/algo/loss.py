@@ -147,24 +147,26 @@ def ratio_metrics(ratio: Tensor, advantages: Tensor, mask: Tensor, norm: LossNor
         "clip_frac_high": token_mean(high),
         "approx_kl": token_mean(approx_kl),
         "ratio_mean": token_mean(ratio),
-        "ratio_max": torch.where(valid, ratio, 0.0).max() if valid.any() else ratio.new_zeros(()),
+        # no valid token reads 0; numel, unlike valid.any(), is known without a device sync
+        "ratio_max": torch.where(valid, ratio, 0.0).max() if ratio.numel() else ratio.new_zeros(()),
     }
     if cfg.dual_clip is not None:
         metrics["dual_clip_frac"] = token_mean((advantages < 0) & (ratio > cfg.dual_clip))
     return metrics
 
 
-def reduce_metrics(parts: Iterable[Mapping[str, Tensor]]) -> dict[str, float]:
-    """Combine partial metrics of several micro-batches: sum, or max for ``*_max`` keys.
+def reduce_metrics(parts: Iterable[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+    """Combine partial metrics of several micro-batches: sum, or max for ``*_max`` keys, as float64 0-dim
+    tensors on the parts' device (read them at the host boundary, all at once).
 
     Across DP ranks do the same with all-reduce SUM / MAX.
     """
-    out: dict[str, float] = {}
+    out: dict[str, Tensor] = {}
     for part in parts:
         for key, value in part.items():
-            value = float(value)
+            value = value.detach().to(torch.float64)
             if key not in out:
                 out[key] = value
             else:
-                out[key] = max(out[key], value) if key.endswith("_max") else out[key] + value
+                out[key] = torch.maximum(out[key], value) if key.endswith("_max") else out[key] + value
     return out

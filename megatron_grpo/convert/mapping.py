@@ -124,6 +124,20 @@ def hf_layout(arch: ModelArch) -> dict[str, tuple[int, ...]]:
     return out
 
 
+def stage_hf_layout(arch: ModelArch, layers: set[int] | range, first: bool, last: bool) -> dict[str, tuple[int, ...]]:
+    """The HF tensors a pipeline stage exports (holding ``layers``, the embedding when ``first``, the final
+    norm and output layer when ``last``), in ``hf_layout`` order: the order ``stage_hf_tensors`` streams."""
+    names = set()
+    for rule in rules_for(arch):
+        if not rule.export:
+            continue
+        if "{i}" in rule.mcore:
+            names.update(n.format(i=i) for i in layers for n in rule.hf)
+        elif rule.mcore.startswith("embedding.") and first or not rule.mcore.startswith("embedding.") and last:
+            names.update(rule.hf)
+    return {name: shape for name, shape in hf_layout(arch).items() if name in names}
+
+
 # ---- fusing: HF tensors <-> one full Megatron tensor ------------------------------------------------
 
 

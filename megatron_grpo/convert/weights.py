@@ -93,14 +93,18 @@ def _gather_tp(piece: torch.Tensor, dim: int | None) -> torch.Tensor:
 
 def stage_hf_tensors(chunks: list[torch.nn.Module], arch: ModelArch,
                      dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-    """Full HF tensors of this pipeline stage, one at a time (collective over the TP group: all TP ranks
-    iterate). Each HF tensor is gathered from the ranks' slices of it, cast first: in flight is at most
-    the tensor itself (twice for a row-parallel one), never a whole fused parameter plus its shards."""
+    """Full HF tensors of this pipeline stage, one at a time, in ``hf_layout`` order whatever the layer spec
+    (collective over the TP group: all TP ranks iterate). Each HF tensor is gathered from the ranks'
+    slices of it, cast first: in flight is at most the tensor itself (twice for a row-parallel one), never
+    a whole fused parameter plus its shards."""
     rules, tp = rules_for(arch), ps.get_tensor_model_parallel_world_size()
+    order = {name: i for i, name in enumerate(hf_layout(arch))}
+    exported = []
     for name, param in global_named_params(chunks):
         match = match_mcore(name, rules)
-        if not match.rule.export:
-            continue
+        if match.rule.export:
+            exported.append((order[match.hf_names[0]], match, param))
+    for _, match, param in sorted(exported, key=lambda item: item[0]):
         kind = match.rule.kind
         for hf_name, piece in zip(match.hf_names, split(kind, param.data, arch, tp), strict=True):
             piece = piece if dtype is None else piece.to(dtype)

@@ -118,7 +118,9 @@ def build_model(arch: ModelArch, model_cfg: ModelConfig, par: ParallelConfig) ->
             rotary_base=int(arch.rope_theta),
             vp_stage=vp_stage,
         )
-        chunks.append(model.to(platform.device()))
+        if platform.accelerated():  # torch norms (no TE/apex) and some buffers are made on the host
+            model.to(platform.device())
+        chunks.append(model)
     return chunks
 
 

@@ -8,6 +8,9 @@ which the CPU local spec does not have.)
 A ``LossFn(logprobs [b, L], entropy [b, L], batch) -> (loss, metrics)`` must return a loss already normalised by the
 GLOBAL counts of the mini-batch, so summing micro-batches and DP ranks yields the full gradient;
 Megatron is configured (``calculate_per_token_loss``) not to rescale it.
+
+Device discipline: micro-batches arrive as host tensors and move to ``platform.device()`` here, once;
+what comes back to the caller (metrics, log-probs) crosses ``platform.to_host`` in one read per call.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from megatron.core import parallel_state as ps
 from megatron.core.distributed import finalize_model_grads
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from megatron_grpo import platform
 from megatron_grpo.algo.loss import reduce_metrics
 from megatron_grpo.model.logprobs import token_entropy, token_logprobs
 
@@ -42,31 +46,37 @@ def _pad_to_multiple(tokens: torch.Tensor, multiple: int) -> torch.Tensor:
 def _forward_step(vocab_size: int, temperature: float, loss_fn: LossFn | None, entropy: Entropy,
                   data_iterator, model):
     batch = next(data_iterator)
-    tokens = batch["tokens"]
-    length = tokens.shape[1]
-    # Sequence parallelism splits the sequence over TP ranks: pad to a multiple of TP, trim after.
-    padded = _pad_to_multiple(tokens, ps.get_tensor_model_parallel_world_size())
+    # Sequence parallelism splits the sequence over TP ranks: pad to a multiple of TP, trim the outputs.
+    padded = _pad_to_multiple(batch["tokens"], ps.get_tensor_model_parallel_world_size())
     positions = torch.arange(padded.shape[1], device=padded.device).expand_as(padded)
     output = model(padded, positions, _causal_mask(padded.shape[1], padded.device))
-    return output, partial(_loss_step, batch, length, vocab_size, temperature, loss_fn, entropy)
+    return output, partial(_loss_step, batch, padded, vocab_size, temperature, loss_fn, entropy)
 
 
-def _loss_step(batch: Batch, length: int, vocab_size: int, temperature: float, loss_fn: LossFn | None,
+def _loss_step(batch: Batch, padded: torch.Tensor, vocab_size: int, temperature: float, loss_fn: LossFn | None,
                entropy_mode: Entropy, logits: torch.Tensor):
-    logits = logits[:, :length]
-    targets = torch.roll(batch["tokens"], shifts=-1, dims=1)  # position t predicts token t+1
+    # Per-token values over the padded logits (a slice of them is not contiguous, and copying it would
+    # cost one more logits-sized tensor), then trimmed. Position t predicts token t+1; the last position
+    # predicts nothing, and the response frame never reads it.
+    length = batch["tokens"].shape[1]
+    targets = torch.roll(padded, shifts=-1, dims=1)
     entropy = None
     if entropy_mode != "off":
-        entropy = token_entropy(logits, vocab_size, temperature, differentiable=entropy_mode == "loss")
+        entropy = token_entropy(logits, vocab_size, temperature, differentiable=entropy_mode == "loss")[:, :length]
     # Last use of the logits: scale them in place (one logits-sized fp32 tensor fewer at the peak).
-    logprobs = token_logprobs(logits, targets, vocab_size, temperature, inplace=entropy_mode != "loss")
+    logprobs = token_logprobs(logits, targets, vocab_size, temperature, inplace=entropy_mode != "loss")[:, :length]
     if loss_fn is None:  # forward only: hand the per-token values back
         outputs = {"logprobs": logprobs}
         if entropy is not None:
             outputs["entropy"] = entropy
-        return logprobs.sum() * 0.0, torch.tensor(1), outputs
+        return logprobs.sum() * 0.0, _one(logprobs), outputs
     loss, metrics = loss_fn(logprobs, entropy, batch)
-    return loss, torch.tensor(1), {**metrics, "loss": loss.detach()}
+    return loss, _one(logprobs), {**metrics, "loss": loss.detach()}
+
+
+def _one(like: torch.Tensor) -> torch.Tensor:
+    """The micro-batch's token count for Megatron's per-token loss: 1, since our losses are normalised."""
+    return torch.ones((), dtype=torch.int, device=like.device)
 
 
 def run_micro_batches(model: list, micro_batches: list[Batch], vocab_size: int, temperature: float,
@@ -75,7 +85,8 @@ def run_micro_batches(model: list, micro_batches: list[Batch], vocab_size: int, 
     on the last pipeline stage, an empty list elsewhere."""
     step = partial(_forward_step, vocab_size, temperature, loss_fn, entropy)
     chunks = len(model)
-    iterators = [iter(micro_batches) for _ in range(chunks)]
+    on_device = [platform.to_device(mb) for mb in micro_batches]
+    iterators = [iter(on_device) for _ in range(chunks)]
     return get_forward_backward_func()(
         forward_step_func=step,
         data_iterator=iterators if chunks > 1 else iterators[0],
@@ -89,7 +100,8 @@ def run_micro_batches(model: list, micro_batches: list[Batch], vocab_size: int, 
 
 def forward_logprobs(model: list, micro_batches: list[Batch], vocab_size: int, temperature: float = 1.0,
                      with_entropy: bool = False) -> list[Batch]:
-    """Per-token log-probs (and entropy) of every micro-batch, on every rank of the pipeline."""
+    """Per-token log-probs (and entropy) of every micro-batch, on every rank of the pipeline (device
+    tensors)."""
     with torch.no_grad():
         outputs = run_micro_batches(model, micro_batches, vocab_size, temperature, None,
                                     "metric" if with_entropy else "off")
@@ -99,7 +111,7 @@ def forward_logprobs(model: list, micro_batches: list[Batch], vocab_size: int, t
         shape = mb["tokens"].shape
         item = {}
         for key in keys:
-            tensor = outputs[i][key] if outputs else torch.empty(shape, dtype=torch.float32)
+            tensor = outputs[i][key] if outputs else torch.empty(shape, dtype=torch.float32, device=platform.device())
             item[key] = broadcast_from_last_stage(tensor.contiguous())
         result.append(item)
     return result
@@ -134,30 +146,33 @@ def train_micro_batches(model: list, optimizer, micro_batches: list[Batch], voca
 
 
 def _grads_finite(model: list) -> bool:
-    """True when every gradient on every rank is finite (checked before the optimizer touches them)."""
-    bad = torch.zeros(1)
+    """True when every gradient on every rank is finite (checked before the optimizer touches them): one
+    check per gradient buffer, one all-reduce, one host read."""
+    bad = torch.zeros(1, device=platform.device())
     for chunk in model:
-        for p in chunk.parameters():
-            grad = getattr(p, "main_grad", None)
-            if grad is not None and not torch.isfinite(grad).all():
-                bad += 1
-                break
+        for buffer in chunk.buffers + chunk.expert_parallel_buffers:
+            bad += (~torch.isfinite(buffer.grad_data)).any()
     dist.all_reduce(bad)
-    return bad.item() == 0
+    return platform.to_host(bad).item() == 0
 
 
 def _reduce_metrics(outputs: list[dict[str, torch.Tensor]]) -> dict[str, float]:
-    """Sum over micro-batches and DP ranks (``*_max`` keys: max), as ``algo.reduce_metrics`` defines."""
+    """Sum over micro-batches and DP ranks (``*_max`` keys: max), as ``algo.reduce_metrics`` defines. Only
+    the last pipeline stage has outputs: it tells the other stages the names and values."""
     local = reduce_metrics(outputs)
+    names = sorted(local)
+    values = torch.stack([local[k] for k in names]) if names else torch.zeros(0, dtype=torch.float64,
+                                                                               device=platform.device())
     if ps.get_pipeline_model_parallel_world_size() > 1:
-        box = [local]
-        dist.broadcast_object_list(box, src=ps.get_pipeline_model_parallel_last_rank(),
-                                   group=ps.get_pipeline_model_parallel_group())
-        local = box[0]
-    result = {}
-    for op, names in ((dist.ReduceOp.SUM, [k for k in sorted(local) if not k.endswith("_max")]),
-                      (dist.ReduceOp.MAX, [k for k in sorted(local) if k.endswith("_max")])):
-        values = torch.tensor([local[k] for k in names], dtype=torch.float64)
-        dist.all_reduce(values, op=op, group=ps.get_data_parallel_group())
-        result.update(zip(names, values.tolist(), strict=True))
-    return result
+        last, group = ps.get_pipeline_model_parallel_last_rank(), ps.get_pipeline_model_parallel_group()
+        box = [names]
+        dist.broadcast_object_list(box, src=last, group=group)
+        if box[0] != names:
+            names = box[0]
+            values = torch.empty(len(names), dtype=torch.float64, device=platform.device())
+        dist.broadcast(values, src=last, group=group)
+    is_max = torch.tensor([k.endswith("_max") for k in names], dtype=torch.bool, device=values.device)
+    sums, maxes = values.where(~is_max, 0.0), values.where(is_max, float("-inf"))
+    dist.all_reduce(sums, group=ps.get_data_parallel_group())
+    dist.all_reduce(maxes, op=dist.ReduceOp.MAX, group=ps.get_data_parallel_group())
+    return dict(zip(names, platform.to_host(sums.where(~is_max, maxes)).tolist(), strict=True))

@@ -13,6 +13,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from megatron.core import parallel_state as ps
 
+from megatron_grpo import platform
 from megatron_grpo.algo import (
     LossNorm,
     RolloutBatch,
@@ -44,20 +45,17 @@ def _my_micro_batches(seq_lens: torch.Tensor, token_budget: int) -> list[list[in
 
 def old_logprobs(policy: MegatronPolicy, rollout: RolloutBatch, temperature: float,
                  token_budget: int) -> torch.Tensor:
-    """pi_old log-probs ``[N, L]`` of the response tokens, on every rank (each DP rank computes a share)."""
+    """pi_old log-probs ``[N, L]`` of the response tokens, on every rank (each DP rank computes a share;
+    one all-reduce of the disjoint shares, on the device; the result is a host tensor)."""
     width = rollout.sampler_logprobs.shape[1]
     seq_lens = rollout.prompt_lens + rollout.response_lens
     mine = _my_micro_batches(seq_lens, token_budget)
     outs = policy.logprobs([{"tokens": _trim(rollout.input_ids[idx], seq_lens[idx])} for idx in mine], temperature)
-    result = torch.zeros_like(rollout.sampler_logprobs)
+    result = torch.zeros(rollout.sampler_logprobs.shape, device=platform.device())
     for idx, out in zip(mine, outs, strict=True):
-        result[idx] = _token_frame(out["logprobs"], rollout.prompt_lens[idx], width)
-    parts = [None] * ps.get_data_parallel_world_size()
-    dist.all_gather_object(parts, (mine, result), group=ps.get_data_parallel_group())
-    for rows, values in parts:
-        for idx in rows:
-            result[idx] = values[idx]
-    return result
+        result[idx] = _token_frame(out["logprobs"], platform.to_device(rollout.prompt_lens[idx]), width)
+    dist.all_reduce(result, group=ps.get_data_parallel_group())
+    return platform.to_host(result)
 
 
 def _trim(input_ids: torch.Tensor, seq_lens: torch.Tensor) -> torch.Tensor:
@@ -109,9 +107,9 @@ def update_policy(policy: MegatronPolicy, rollout: RolloutBatch, cfg: AlgoConfig
     applied = 0
     for rows in steps:
         mine = [[rows[i] for i in mb] for mb in _my_micro_batches(seq_lens[rows], cfg.micro_batch_tokens)]
-        counts = LossNorm.counts(batch.loss_mask[idx] for idx in mine)
+        counts = platform.to_device(LossNorm.counts(batch.loss_mask[idx] for idx in mine))
         dist.all_reduce(counts, group=ps.get_data_parallel_group())
-        norm = LossNorm.from_counts(counts, max_response_len)
+        norm = LossNorm.from_counts(platform.to_host(counts), max_response_len)
         mbs = [_micro_batch(batch, rollout, idx) for idx in mine]
         entropy = "loss" if cfg.entropy_coef > 0 else "metric"
         step_metrics, ok, grad_norm = policy.train_step(mbs, _loss_fn(cfg, norm, on_policy), temperature, entropy)

@@ -30,6 +30,8 @@ class MemoryTracker(TorchDispatchMode):
         self.peak = 0
         self.peak_breakdown: dict[str, int] = {}
         self.peak_phase = ""
+        self.category_peaks = Counter()
+        """Highest live bytes of each category on its own (they need not coincide with the peak)."""
 
     # ---- what the trace controls -------------------------------------------------------------------
 
@@ -52,9 +54,11 @@ class MemoryTracker(TorchDispatchMode):
                 self.live[old] -= nbytes
                 self.live[category] += nbytes
                 self._live[key] = (nbytes, category)
+                self.category_peaks[category] = max(self.category_peaks[category], self.live[category])
 
     def reset_peak(self) -> None:
         self.peak, self.peak_breakdown, self.peak_phase = self.total, dict(self.live), self.phase
+        self.category_peaks = Counter(self.live)
 
     @property
     def total(self) -> int:
@@ -80,6 +84,7 @@ class MemoryTracker(TorchDispatchMode):
         nbytes = storage.nbytes()
         self._live[key] = (nbytes, self.phase)
         self.live[self.phase] += nbytes
+        self.category_peaks[self.phase] = max(self.category_peaks[self.phase], self.live[self.phase])
         weakref.finalize(storage, self._free, key)
         return True
 

@@ -7,8 +7,8 @@ through ``model.update.update_policy`` (forward, loss, backward, finite check, g
 metric reductions) and the sender side of the refit into a stand-in engine that holds buckets as a real
 one does. The rollout is the worst case the config allows: every sequence full length
 (``max_prompt_length + max_response_length``), packed to ``algo.micro_batch_tokens``, enough for
-``2 x PP`` micro-batches per data-parallel rank so a 1F1B pipeline fills. Weights hold no values and no
-memory is allocated, so a 32B layout runs on a laptop CPU in seconds per step.
+``2 x PP`` micro-batches per data-parallel rank so a 1F1B pipeline fills, as one mini-batch. Weights hold
+no values and no memory is allocated, so a 32B layout runs on a laptop CPU in seconds per step.
 
 The first update creates the optimizer state; the second is measured: its peak and what was live then,
 split by ``MemoryTracker`` category (params, grads, optimizer, activations, logits, other). A process
@@ -17,6 +17,7 @@ traces any number of ranks one after another, always on the meta platform.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ class RankTrace:
     micro_batch_tokens: int     # sequences x length of each micro-batch
     peak: int                   # training step peak
     breakdown: dict[str, int]   # live bytes by category at that peak
+    category_peaks: dict[str, int]  # each category's own highest live bytes during the step
     refit_peak: int             # refit peak minus what was live before it (buckets + tensors in flight)
     seconds: float              # wall time of the traced step (both updates and the refit)
 
@@ -77,25 +79,29 @@ class BucketSink:
         return None
 
     def update_weights(self, named_tensors) -> None:
-        from megatron_grpo.rollout.types import buckets
+        from megatron_grpo.rollout.types import send_in_buckets
 
-        for _ in buckets(named_tensors, self.bucket_bytes):
-            pass
+        send_in_buckets(named_tensors, self.bucket_bytes, lambda bucket: None)
 
     def weight_checksums(self) -> None:
         return None
 
 
 def full_length_rollout(cfg: Config, dp: int, pp: int):
-    """A scored rollout of full-length sequences: ``2 x pp`` micro-batches of ``micro_batch_tokens`` on
-    each of ``dp`` ranks, in whole groups of ``rollout.train.n``."""
+    """A scored rollout of full-length sequences (``max_prompt_length + max_response_length``, capped at
+    the token budget): ``2 x pp`` micro-batches of ``micro_batch_tokens // length`` sequences on each of
+    ``dp`` ranks (more when whole groups of ``rollout.train.n`` need it), all of one shape. Returns it
+    and the tokens of one micro-batch."""
+    import math
+
     from megatron_grpo.algo import RolloutBatch
 
     seq = min(cfg.rollout.max_prompt_length + cfg.rollout.train.max_response_length, cfg.algo.micro_batch_tokens)
     response = max(seq - cfg.rollout.max_prompt_length, 1)
     per_micro_batch = cfg.algo.micro_batch_tokens // seq
     group = cfg.rollout.train.n
-    seqs = -(-dp * 2 * pp * per_micro_batch // group) * group
+    seqs = dp * 2 * pp * per_micro_batch
+    seqs *= group // math.gcd(group, seqs)
     rewards = torch.arange(seqs, dtype=torch.float32) % 2  # half right: every group carries signal
     return RolloutBatch(
         input_ids=torch.zeros(seqs, seq, dtype=torch.long),
@@ -130,13 +136,16 @@ def trace_rank(cfg: Config, arch: ModelArch, world: int, rank: int, gpus_per_nod
             rollout, mb_tokens = full_length_rollout(cfg, dp, pp)
             _logits_phase_hooks(policy, tracker)
             sampling = cfg.rollout.train
+            # One mini-batch per epoch: the trace's rollout is sized by micro-batches, not by data.batch_prompts.
+            algo = dataclasses.replace(cfg.algo, mini_batch_prompts=rollout.num_groups)
             with tracker.in_phase("activations"):  # the first update creates the optimizer state
-                update_policy(policy, rollout, cfg.algo, sampling.max_response_length, sampling.temperature)
+                update_policy(policy, rollout, algo, sampling.max_response_length, sampling.temperature)
             _tag_static(tracker, policy)
             tracker.reset_peak()
             with tracker.in_phase("activations"):
-                update_policy(policy, rollout, cfg.algo, sampling.max_response_length, sampling.temperature)
+                update_policy(policy, rollout, algo, sampling.max_response_length, sampling.temperature)
             peak, breakdown = tracker.peak, {c: tracker.peak_breakdown.get(c, 0) for c in CATEGORIES}
+            category_peaks = {c: tracker.category_peaks.get(c, 0) for c in CATEGORIES}
             before = tracker.total
             tracker.reset_peak()
             with tracker.in_phase("refit"):
@@ -147,7 +156,8 @@ def trace_rank(cfg: Config, arch: ModelArch, world: int, rank: int, gpus_per_nod
         finally:
             shutdown()
     return RankTrace(rank=rank, world=world, pp_rank=pp_rank, micro_batches=micro_batches,
-                     micro_batch_tokens=mb_tokens, peak=peak, breakdown=breakdown, refit_peak=refit_peak,
+                     micro_batch_tokens=mb_tokens, peak=peak, breakdown=breakdown, category_peaks=category_peaks,
+                     refit_peak=refit_peak,
                      seconds=time.perf_counter() - start)
 
 

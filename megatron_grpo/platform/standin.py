@@ -64,6 +64,8 @@ def _object_collective(fn):
 
 
 def _broadcast_object_list(original):
+    original = _object_collective(original)
+
     @functools.wraps(original)
     def broadcast(object_list, src=None, group=None, device=None, group_src=None):
         source = src if src is not None else dist.get_global_rank(group, group_src) if group_src is not None else 0

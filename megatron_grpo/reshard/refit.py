@@ -3,8 +3,10 @@
 Colocated layout: every rank holds an engine with the full model (rollout TP 1 on CPU), so every rank
 must receive every tensor. Any TP/PP/DP layout works: pipeline stage by stage, the stage's TP ranks
 all-gather each HF tensor from their slices of it (``convert.weights.stage_hf_tensors``), then each
-pipeline group broadcasts it from that stage to the other stages. Data-parallel replicas hold identical
-weights after the optimizer step and stream in parallel, each within its own pipeline groups. Each engine
+pipeline group broadcasts it from that stage to the other stages (every rank knows every stage's names and
+shapes from Megatron's layer placement, so nothing but the tensors crosses the wire). Data-parallel replicas
+hold identical weights after the optimizer step and stream in parallel, each within its own pipeline
+groups. Each engine
 takes the tensors lazily and copies them into its weights in place, bucket by bucket: the extra memory is
 one bucket plus the tensor in flight (at most twice the largest HF tensor). Measured in docs/refit.md.
 
@@ -26,9 +28,12 @@ from collections.abc import Iterator
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
+from megatron.core.transformer.transformer_block import get_num_layers_to_build
+from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 
-from megatron_grpo.convert.mapping import hf_layout, match_mcore, rules_for
-from megatron_grpo.convert.weights import global_named_params
+from megatron_grpo import platform
+from megatron_grpo.convert.mapping import hf_layout, stage_hf_layout
+from megatron_grpo.convert.weights import unwrap
 from megatron_grpo.model.policy import MegatronPolicy
 from megatron_grpo.rollout.types import RolloutEngine
 from megatron_grpo.rollout.weight_specs import checksum, checksums_agree
@@ -45,15 +50,19 @@ def manifest(policy: MegatronPolicy, dtype: torch.dtype) -> dict[str, tuple[tupl
     return {name: (shape, dtype) for name, shape in hf_layout(policy.arch).items()}
 
 
-def _stage_manifest(policy: MegatronPolicy) -> list[tuple[str, tuple[int, ...]]]:
-    """Names and shapes this stage will stream, in order, computed without moving any data."""
-    rules, layout = rules_for(policy.arch), hf_layout(policy.arch)
-    names = []
-    for name, _ in global_named_params(policy.model):
-        match = match_mcore(name, rules)
-        if match.rule.export:
-            names += [(hf, layout[hf]) for hf in match.hf_names]
-    return names
+def stage_manifests(policy: MegatronPolicy) -> list[dict[str, tuple[int, ...]]]:
+    """What every pipeline stage streams (names and shapes, in order), derived by each rank from the layer
+    placement Megatron uses: receivers size their buffers without asking the owner."""
+    config = unwrap(policy.model[0]).config
+    pp, vpp = ps.get_pipeline_model_parallel_world_size(), config.virtual_pipeline_model_parallel_size
+    manifests = []
+    for stage in range(pp):
+        layers: list[int] = []
+        for vp_stage in range(vpp) if vpp else [None]:
+            offset = get_transformer_layer_offset(config, vp_stage=vp_stage, pp_rank=stage)
+            layers += range(offset, offset + get_num_layers_to_build(config, vp_stage=vp_stage, pp_rank=stage))
+        manifests.append(stage_hf_layout(policy.arch, set(layers), first=stage == 0, last=stage == pp - 1))
+    return manifests
 
 
 def full_weights(policy: MegatronPolicy, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
@@ -61,22 +70,21 @@ def full_weights(policy: MegatronPolicy, dtype: torch.dtype) -> Iterator[tuple[s
     group = ps.get_pipeline_model_parallel_group()
     ranks = dist.get_process_group_ranks(group)
     pp_rank = ps.get_pipeline_model_parallel_rank()
-    for stage in range(ps.get_pipeline_model_parallel_world_size()):
-        box = [_stage_manifest(policy) if stage == pp_rank else None]
-        if len(ranks) > 1:
-            dist.broadcast_object_list(box, src=ranks[stage], group=group)
+    for stage, names in enumerate(stage_manifests(policy)):
         local = policy.hf_tensors(dtype) if stage == pp_rank else None  # TP collective inside the stage
-        for name, shape in box[0]:
+        for name, shape in names.items():
             if local is not None:
-                got, tensor = next(local)
-                if (got, tuple(tensor.shape)) != (name, shape):  # receivers size their buffers by the manifest
-                    raise RuntimeError(f"refit: stage {stage} produced '{got}' {tuple(tensor.shape)} where "
-                                       f"its manifest says '{name}' {shape}")
+                got, tensor = next(local, ("<end of stream>", None))
+                if tensor is None or (got, tuple(tensor.shape)) != (name, shape):
+                    raise RuntimeError(f"refit: stage {stage} produced '{got}' where its manifest says "
+                                       f"'{name}' {shape}")
             else:
-                tensor = torch.empty(shape, dtype=dtype)
+                tensor = torch.empty(shape, dtype=dtype, device=platform.device())
             if len(ranks) > 1:
                 dist.broadcast(tensor, src=ranks[stage], group=group)
             yield name, tensor
+        if local is not None and (extra := next(local, None)) is not None:
+            raise RuntimeError(f"refit: stage {stage} produced '{extra[0]}', which its manifest does not list")
 
 
 def _engine_verdict(policy: MegatronPolicy, engine: RolloutEngine, dtype: torch.dtype) -> str | None:
@@ -132,7 +140,7 @@ def refit(policy: MegatronPolicy, engine: RolloutEngine, dtype: torch.dtype, che
     metrics = {"refit/seconds": time.perf_counter() - start, "refit/bytes": float(sent["bytes"]),
                "refit/tensors": float(sent["tensors"])}
     if check:
-        values = torch.stack(list(sums.values())).tolist() if sums else []
+        values = platform.to_host(torch.stack(list(sums.values()))).tolist() if sums else []
         ok = _checksums_ok(engine, dict(zip(sums, values, strict=True)))
         if ok is not None:
             metrics["refit/checksum_ok"] = ok

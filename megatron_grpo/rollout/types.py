@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -52,17 +52,17 @@ class RolloutEngine(Protocol):
         ...
 
 
-def buckets(named_tensors: Iterable[tuple[str, torch.Tensor]],
-            bucket_bytes: int) -> Iterator[list[tuple[str, torch.Tensor]]]:
-    """Group a weight stream into lists of at most ``bucket_bytes`` (a bucket exceeds it only when one
-    tensor alone does): what an engine holds at once before loading."""
+def send_in_buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int,
+                    load: Callable[[list[tuple[str, torch.Tensor]]], None]) -> None:
+    """``load`` each run of at most ``bucket_bytes`` of a weight stream (a bucket exceeds it only when one
+    tensor alone does), dropping it before the next fills: an engine holds one bucket at a time."""
     bucket: list[tuple[str, torch.Tensor]] = []
     size = 0
     for name, tensor in named_tensors:
         if bucket and size + tensor.nbytes > bucket_bytes:
-            yield bucket
+            load(bucket)
             bucket, size = [], 0
         bucket.append((name, tensor))
         size += tensor.nbytes
     if bucket:
-        yield bucket
+        load(bucket)

@@ -40,7 +40,7 @@ from vllm.platforms import current_platform  # noqa: E402
 from megatron_grpo.config.loader import ConfigError  # noqa: E402
 from megatron_grpo.config.rollout import RolloutConfig, SamplingConfig  # noqa: E402
 from megatron_grpo.platform import DTYPES  # noqa: E402
-from megatron_grpo.rollout.types import Sample, buckets  # noqa: E402
+from megatron_grpo.rollout.types import Sample, send_in_buckets  # noqa: E402
 from megatron_grpo.rollout.weight_specs import (  # noqa: E402
     ModelWeights,
     WeightMismatchError,
@@ -269,16 +269,11 @@ class VllmEngine:
         to generate until a complete update succeeds (use ``check_manifest`` first to avoid that)."""
         if isinstance(named_tensors, Sequence):
             self.check_manifest({name: (tuple(t.shape), t.dtype) for name, t in named_tensors})
-        stream = buckets(named_tensors, self._bucket_bytes)
-        while True:
-            try:
-                bucket = next(stream, None)
-            except BaseException:  # the stream itself failed (the sender): drop the update
-                self._abort_update()
-                raise
-            if bucket is None:
-                break
-            self.update_weights_bucket(bucket)
+        try:
+            send_in_buckets(named_tensors, self._bucket_bytes, self.update_weights_bucket)
+        except BaseException:  # the stream (the sender) or a bucket failed: drop the update
+            self._abort_update()
+            raise
         self.finish_update()
 
     def update_weights_bucket(self, bucket: list[tuple[str, torch.Tensor]]) -> None:

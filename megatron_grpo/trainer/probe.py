@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from megatron_grpo import platform
 from megatron_grpo.algo import RolloutBatch
 from megatron_grpo.model.policy import MegatronPolicy
 from megatron_grpo.rollout.types import RolloutEngine
@@ -21,7 +22,7 @@ def logprob_probe(policy: MegatronPolicy, engine: RolloutEngine | None, rollout:
     rows = list(range(min(PROBE_SEQUENCES, rollout.rewards.numel())))
     lengths = rollout.prompt_lens[rows] + rollout.response_lens[rows]
     tokens = rollout.input_ids[rows][:, : int(lengths.max())]
-    trainer = policy.logprobs([{"tokens": tokens}], temperature=1.0)[0]["logprobs"]
+    trainer = platform.to_host(policy.logprobs([{"tokens": tokens}], temperature=1.0)[0]["logprobs"])
     verdict = [None]
     if dist.get_rank() == 0:
         seqs = [tokens[i, : int(lengths[i])].tolist() for i in range(len(rows))]

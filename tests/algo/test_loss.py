@@ -113,7 +113,7 @@ def test_partial_sums_add_up_over_micro_batches(mode):
     assert float(sum(p[0] for p in parts)) == pytest.approx(float(full), rel=1e-12)
     reduced = reduce_metrics(p[1] for p in parts)
     for key, value in full_m.items():
-        assert reduced[key] == pytest.approx(float(value), rel=1e-12, abs=1e-15), key
+        assert float(reduced[key]) == pytest.approx(float(value), rel=1e-12, abs=1e-15), key
 
 
 def test_aggregation_normalizers_by_hand():

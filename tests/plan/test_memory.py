@@ -38,6 +38,7 @@ def test_peak_and_its_breakdown_by_phase():
     assert tracker.peak_breakdown == {"params": MB, "activations": 15 * MB}
     assert tracker.peak_phase == "activations"
     assert dict(tracker.live) == {"params": MB, "activations": 0, "logits": 2 * MB}
+    assert tracker.category_peaks == {"params": MB, "activations": 15 * MB, "logits": 2 * MB}
     assert w.numel() + z.numel() == 3 * MB
 
 
