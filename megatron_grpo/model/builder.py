@@ -1,7 +1,8 @@
 """Build the Megatron-Core policy: TransformerConfig, layer spec, GPTModel chunks, DDP, optimizer.
 
 ``transformer_config`` is the only place a ``TransformerConfig`` is made. The layer spec is chosen in
-``layer_spec``: Transformer Engine on GPU when importable, Megatron's local layers otherwise.
+``layer_spec``: Transformer Engine on GPU when importable, Megatron's local layers otherwise (with torch's
+fused attention in the core-attention slot, ``model/attention.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron_grpo import platform
 from megatron_grpo.config import ConfigError, ModelConfig, OptimizerConfig, ParallelConfig
 from megatron_grpo.model.arch import ModelArch, padded_vocab_size
+from megatron_grpo.model.attention import SDPAttention
 from megatron_grpo.platform import DTYPES
 
 
@@ -43,7 +45,9 @@ def layer_spec(arch: ModelArch, model_cfg: ModelConfig) -> ModuleSpec:
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
         return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=arch.qk_layernorm)
-    return get_gpt_layer_local_spec(qk_layernorm=arch.qk_layernorm, normalization="RMSNorm")
+    spec = get_gpt_layer_local_spec(qk_layernorm=arch.qk_layernorm, normalization="RMSNorm")
+    spec.submodules.self_attention.submodules.core_attention = SDPAttention  # flash-style, not s^2 scores
+    return spec
 
 
 def transformer_config(arch: ModelArch, model_cfg: ModelConfig, par: ParallelConfig) -> TransformerConfig:

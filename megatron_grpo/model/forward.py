@@ -34,10 +34,6 @@ Entropy = Literal["off", "metric", "loss"]  # not computed / detached metric / d
 LossFn = Callable[[torch.Tensor, torch.Tensor, Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
-def _causal_mask(length: int, device: torch.device) -> torch.Tensor:
-    return torch.triu(torch.ones(length, length, dtype=torch.bool, device=device), diagonal=1)[None, None]
-
-
 def _pad_to_multiple(tokens: torch.Tensor, multiple: int) -> torch.Tensor:
     pad = -tokens.shape[1] % multiple
     return torch.nn.functional.pad(tokens, (0, pad)) if pad else tokens
@@ -49,7 +45,7 @@ def _forward_step(vocab_size: int, temperature: float, loss_fn: LossFn | None, e
     # Sequence parallelism splits the sequence over TP ranks: pad to a multiple of TP, trim the outputs.
     padded = _pad_to_multiple(batch["tokens"], ps.get_tensor_model_parallel_world_size())
     positions = torch.arange(padded.shape[1], device=padded.device).expand_as(padded)
-    output = model(padded, positions, _causal_mask(padded.shape[1], padded.device))
+    output = model(padded, positions, None)  # causal attention needs no mask (right padding)
     return output, partial(_loss_step, batch, padded, vocab_size, temperature, loss_fn, entropy)
 
 
