@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
-CONFIG = "/work/shared/data/configs/qwen3-0.6b-base.config.json"
+CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "models" / "qwen3-0.6b-base.config.json")
 
 
 def _peak_rss_mb() -> float:

@@ -4,18 +4,19 @@ Megatron's local ``DotProductAttention`` materialises the ``[b, heads, s, s]`` s
 which at 32k-token micro-batches is gigabytes per head group and not what runs on a GPU cluster (Transformer
 Engine's fused attention keeps memory linear in the sequence). This module fills the same ``ModuleSpec`` slot
 (``self_attention.submodules.core_attention``) with torch's SDPA: flash attention on CUDA, torch's flash
-kernel on CPU, causal, grouped-query heads without repeating K/V. It takes no mask: right-padded micro-batches
-need only the causal one.
+kernel on CPU (``platform.causal_attention``), causal, grouped-query heads without repeating K/V. It takes
+no mask: right-padded micro-batches need only the causal one.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from megatron.core import parallel_state as ps
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
+
+from megatron_grpo import platform
 
 
 class SDPAttention(MegatronModule):
@@ -28,7 +29,6 @@ class SDPAttention(MegatronModule):
         if config.context_parallel_size != 1:
             raise ValueError("SDPAttention does not split the sequence (context_parallel_size must be 1)")
         tp = pg_collection.tp.size() if pg_collection is not None else ps.get_tensor_model_parallel_world_size()
-        self.grouped = config.num_attention_heads != config.num_query_groups
         self.dropout = config.attention_dropout if attention_dropout is None else attention_dropout
         self.softmax_scale = softmax_scale
         self.hidden_per_partition = config.kv_channels * config.num_attention_heads // tp
@@ -39,6 +39,5 @@ class SDPAttention(MegatronModule):
         if attention_bias is not None or packed_seq_params is not None:
             raise ValueError("SDPAttention takes no attention bias and no packed sequences")
         q, k, v = (x.permute(1, 2, 0, 3) for x in (query, key, value))  # [b, heads, s, d]
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
-                                             is_causal=True, scale=self.softmax_scale, enable_gqa=self.grouped)
+        out = platform.causal_attention(q, k, v, self.dropout if self.training else 0.0, self.softmax_scale)
         return out.permute(2, 0, 1, 3).reshape(query.shape[0], query.shape[1], self.hidden_per_partition)

@@ -143,11 +143,12 @@ def train_micro_batches(model: list, optimizer, micro_batches: list[Batch], voca
 
 def _grads_finite(model: list) -> bool:
     """True when every gradient on every rank is finite (checked before the optimizer touches them): one
-    check per gradient buffer, one all-reduce, one host read."""
+    sum per gradient buffer (a NaN or Inf anywhere makes it non-finite; a reduction, so no buffer-sized
+    temporary: ``isfinite(buffer)`` would be one byte per parameter), one all-reduce, one host read."""
     bad = torch.zeros(1, device=platform.device())
     for chunk in model:
         for buffer in chunk.buffers + chunk.expert_parallel_buffers:
-            bad += (~torch.isfinite(buffer.grad_data)).any()
+            bad += ~torch.isfinite(buffer.grad_data.sum())
     dist.all_reduce(bad)
     return platform.to_host(bad).item() == 0
 

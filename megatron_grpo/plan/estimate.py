@@ -60,14 +60,16 @@ class Layout:
 
 @dataclass(frozen=True)
 class TrainMemory:
-    """Per-GPU bytes on the busiest pipeline stage while the trainer runs."""
+    """Per-GPU bytes while the trainer runs: static memory of the largest stage (the last), activations of
+    the first stage (the most in flight) and of the last (which also holds the logits)."""
 
     params: float
     grads: float
     optimizer: float
-    activations: float  # stored for backward: all layers in flight (full recompute: their inputs only)
-    recompute: float  # one layer's activations re-created in backward (full recompute only)
-    logits: float  # model output (+ an fp32 working copy unless the output is fp32) of one micro-batch
+    activations: float  # first stage, stored for backward: all layers in flight (full recompute: inputs only)
+    backward: float  # the layer under backward: re-created activations (full recompute) + MLP grad temporaries
+    logits: float  # logits and their working copies during the loss of one micro-batch (last stage)
+    last_activations: float  # the last stage's stored activations (= activations without PP)
 
     @property
     def static(self) -> float:
@@ -75,8 +77,10 @@ class TrainMemory:
 
     @property
     def peak(self) -> float:
-        # The logits live during the loss; the recomputed layer during backward, after they are freed.
-        return self.static + self.activations + max(self.logits, self.recompute)
+        # The logits live during the loss and are freed before the first layer's backward.
+        first = self.activations + self.backward
+        last = self.last_activations + max(self.logits, self.backward)
+        return self.static + max(first, last)
 
 
 @dataclass(frozen=True)
@@ -229,16 +233,36 @@ def _train_memory(cfg: Config, arch: ModelArch, layout: Layout, per_gpu: int, vo
     if cfg.parallel.virtual_pipeline:
         live_layers *= 1 + (layout.pp - 1) / (layout.pp * cfg.parallel.virtual_pipeline)
     full = cfg.model.recompute == "full"
-    stored = live_layers * (layer_in if full else per_layer) * tokens * width
+    per_stored = (layer_in if full else per_layer) * tokens * width
+    # backward of one layer: its activations again (full recompute) and the gradients of the MLP's
+    # gate/up output and of its SwiGLU output (3f) beside them
+    mlp_grads = 3 * arch.ffn_hidden_size / layout.tp * tokens * width
     return TrainMemory(
         params=per_gpu * width,
         grads=per_gpu * 4,
         optimizer=per_gpu * (master + 8) / shards,
-        activations=stored,
-        recompute=per_layer * tokens * width if full else 0.0,
-        # the model's output logits, scaled in place when fp32 (model.logprobs), else plus an fp32 copy
-        logits=tokens * vocab / layout.tp * (4 if width == 4 else width + 4),
+        activations=live_layers * per_stored,
+        backward=(per_layer * tokens * width if full else 0.0) + mlp_grads,
+        logits=tokens * vocab / layout.tp * _logit_bytes(width, tokens // _seq_tokens(cfg) > 1),
+        last_activations=arch.num_layers // layout.pp * per_stored,  # 1F1B: one micro-batch in flight
     )
+
+
+def _seq_tokens(cfg: Config) -> int:
+    return cfg.rollout.max_prompt_length + cfg.rollout.train.max_response_length
+
+
+def _logit_bytes(width: int, several_sequences: bool) -> int:
+    """Bytes per logit live at once during the loss of a micro-batch (measured by ``plan --trace``).
+
+    GPTModel returns ``[s, b, V]`` logits transposed to ``[b, s, V]`` and made contiguous, a copy whenever
+    the micro-batch holds more than one sequence; the output layer's backward copies the gradient back the
+    same way. fp32 logits are then scaled in place and become the softmax and its gradient inside
+    ``vocab_parallel_cross_entropy``: 2w with several sequences, w with one. 16-bit logits get an fp32
+    working copy, which outlives the copy: w + 4 either way."""
+    if width == 4:
+        return 2 * width if several_sequences else width
+    return width + 4
 
 
 def _rollout_memory(cfg: Config, arch: ModelArch, layout: Layout, train: TrainMemory, gpu_mem: float,
@@ -255,7 +279,7 @@ def _rollout_memory(cfg: Config, arch: ModelArch, layout: Layout, train: TrainMe
         budget=budget, weights=weights, kv_cache=budget - weights,
         kv_bytes_per_token=2 * arch.num_layers * kv_heads * arch.head_dim * width,
         trainer_resident=resident,
-        seq_tokens=cfg.rollout.max_prompt_length + cfg.rollout.train.max_response_length,
+        seq_tokens=_seq_tokens(cfg),
         seqs_per_engine=-(-seqs // layout.engines),
     )
 
@@ -402,7 +426,7 @@ def format_plan(p: Plan) -> str:
         f"{lo.engines} rollout engine(s) of TP {lo.rollout_tp}",
         f"parameters: {p.params_total / 1e9:.2f} B total, {p.params_per_gpu / 1e9:.2f} B on the largest stage per GPU",
         f"training, per GPU (GiB of {_gib(p.usable)} usable): params {_gib(t.params)}, grads {_gib(t.grads)}, "
-        f"optimizer {_gib(t.optimizer)}, activations {_gib(t.activations)}, recomputed layer {_gib(t.recompute)}, "
+        f"optimizer {_gib(t.optimizer)}, activations {_gib(t.activations)}, layer in backward {_gib(t.backward)}, "
         f"logits {_gib(t.logits)} -> peak {_gib(t.peak)}  [{'ok' if p.fits_train else 'OVER'}]",
         f"generation, per GPU: vLLM {_gib(r.budget)} (weights {_gib(r.weights)}, KV cache {_gib(r.kv_cache)} = "
         f"{r.kv_tokens} tokens = {r.kv_tokens // r.seq_tokens} x {r.seq_tokens}-token sequences for "
@@ -431,6 +455,12 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
                         help="assume the trainer moves its state off the GPU while the engines generate")
     parser.add_argument("--mean-prompt-tokens", type=int, default=None, help="default min(256, max prompt)")
     parser.add_argument("--mean-response-tokens", type=int, default=None, help="default half the max response")
+    parser.add_argument("--trace", action="store_true",
+                        help="also run the real train step as ranks of this job on the stand-in accelerator (meta "
+                             "tensors, fake process group: no GPU, no memory) and print measured memory beside "
+                             "the formula")
+    parser.add_argument("--trace-rank", type=int, action="append", default=None,
+                        help="rank to trace (repeatable; default: the first and the last)")
     parser.add_argument("--engines", type=int, default=None,
                         help="rollout engines (default world / rollout TP; 1 = the current single-engine trainer)")
 
@@ -439,8 +469,19 @@ def run_plan(args: argparse.Namespace) -> int:
     """Print the plan; exit code 0 when it fits, 1 when it does not."""
     cfg = load_config(args.config, args.overrides)
     assume = Assumptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Assumptions)})
-    p = plan(cfg, load_arch(cfg.model.hf_config), args.nodes, args.gpus_per_node, args.gpu_mem_gb, assume)
+    arch = load_arch(cfg.model.hf_config)
+    p = plan(cfg, arch, args.nodes, args.gpus_per_node, args.gpu_mem_gb, assume)
     print(format_plan(p))
+    if args.trace:
+        from megatron_grpo.plan.trace import default_ranks, format_trace, trace_rank
+
+        world = args.nodes * args.gpus_per_node
+        ranks = args.trace_rank or default_ranks(world, cfg.parallel.pipeline)
+        bad = [r for r in ranks if not 0 <= r < world]
+        if bad:
+            raise ConfigError(f"--trace-rank {bad[0]}: not a rank of a {world}-GPU job")
+        traces = [trace_rank(cfg, arch, world, rank, args.gpus_per_node) for rank in ranks]
+        print(format_trace(p.train, traces))
     return 0 if p.fits else 1
 
 

@@ -18,6 +18,7 @@ traces any number of ranks one after another, always on the meta platform.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -70,13 +71,14 @@ class EmptyHFWeights(Mapping[str, torch.Tensor]):
 
 class BucketSink:
     """The engine side of a refit, for the trace: takes the stream in buckets and drops each, as an engine
-    does after copying it into its weights; accepts every manifest and cannot read its weights back."""
+    does after copying it into its weights; wants exactly the model's HF tensors, cannot read them back."""
 
-    def __init__(self, bucket_bytes: int):
-        self.bucket_bytes = bucket_bytes
+    def __init__(self, bucket_bytes: int, names: set[str]):
+        self.bucket_bytes, self.names = bucket_bytes, names
 
     def check_manifest(self, manifest) -> None:
-        return None
+        if set(manifest) != self.names:
+            raise ValueError(f"expected the model's {len(self.names)} HF tensors, got {len(manifest)}")
 
     def update_weights(self, named_tensors) -> None:
         from megatron_grpo.rollout.types import send_in_buckets
@@ -123,6 +125,7 @@ def trace_rank(cfg: Config, arch: ModelArch, world: int, rank: int, gpus_per_nod
     from megatron_grpo.reshard.refit import refit
 
     platform.setup_platform("meta", local_rank=rank % gpus_per_node)
+    logging.getLogger("megatron").setLevel(logging.WARNING)  # its per-build INFO lines, once per traced rank
     start = time.perf_counter()
     tracker = MemoryTracker("meta")
     with tracker:
@@ -149,7 +152,8 @@ def trace_rank(cfg: Config, arch: ModelArch, world: int, rank: int, gpus_per_nod
             before = tracker.total
             tracker.reset_peak()
             with tracker.in_phase("refit"):
-                refit(policy, BucketSink(cfg.rollout.refit_bucket_mb << 20), platform.DTYPES[cfg.model.dtype])
+                sink = BucketSink(cfg.rollout.refit_bucket_mb << 20, set(EmptyHFWeights(arch)))
+                refit(policy, sink, platform.DTYPES[cfg.model.dtype])
             refit_peak = tracker.peak - before
             pp_rank = ps.get_pipeline_model_parallel_rank()
             micro_batches = -(-rollout.rewards.shape[0] // (dp * (mb_tokens // rollout.input_ids.shape[1])))
@@ -211,3 +215,39 @@ def _tag_static(tracker, policy) -> None:
         for buffer in chunk.buffers + chunk.expert_parallel_buffers:
             tracker.tag([buffer.param_data], "params")
             tracker.tag([buffer.grad_data], "grads")
+
+
+def default_ranks(world: int, pipeline: int) -> list[int]:
+    """The first rank, and with pipeline parallelism the last: the first and last pipeline stage (Megatron
+    orders ranks TP, DP, PP; all ranks of a stage hold the same shapes)."""
+    return [0, world - 1] if pipeline > 1 else [0]
+
+
+def compare(formula, traces: list[RankTrace]) -> list[tuple[str, float, float]]:
+    """(row, formula GiB, traced GiB) for the busiest traced rank; the activations row is the dynamic part
+    of the peak (activations, logits, the layer in backward), as the formula's peak adds it."""
+    gib = 2**30
+    busiest = max(traces, key=lambda t: t.peak)
+    b, f = busiest.breakdown, formula
+    return [
+        ("params", f.params / gib, b["params"] / gib),
+        ("grads", f.grads / gib, b["grads"] / gib),
+        ("optimizer", f.optimizer / gib, b["optimizer"] / gib),
+        ("activations + logits", (f.peak - f.static) / gib, (b["activations"] + b["logits"]) / gib),
+        ("peak", f.peak / gib, busiest.peak / gib),
+    ]
+
+
+def format_trace(formula, traces: list[RankTrace]) -> str:
+    lines = ["traced (stand-in accelerator, this config's worst-case micro-batches) vs formula, GiB per GPU:"]
+    for t in traces:
+        b = {k: v / 2**30 for k, v in t.breakdown.items()}
+        lines.append(
+            f"  rank {t.rank}/{t.world} (pipeline stage {t.pp_rank}): peak {t.peak / 2**30:.1f} = params "
+            f"{b['params']:.1f} + grads {b['grads']:.1f} + optimizer {b['optimizer']:.1f} + activations "
+            f"{b['activations']:.1f} + logits {b['logits']:.1f} + other {b['other']:.1f}; refit +"
+            f"{t.refit_peak / 2**30:.2f}; {t.micro_batches} micro-batches of {t.micro_batch_tokens} tokens, "
+            f"traced in {t.seconds:.0f} s")
+    for row, want, got in compare(formula, traces):
+        lines.append(f"  {row:<22} formula {want:7.1f}  traced {got:7.1f}  ({(want - got) / got:+.0%})")
+    return "\n".join(lines)

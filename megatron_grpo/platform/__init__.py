@@ -109,6 +109,20 @@ def to_host(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().cpu()
 
 
+def causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, dropout_p: float = 0.0,
+                     scale: float | None = None) -> torch.Tensor:
+    """torch's fused causal attention, ``[b, heads, s, d]`` with ``key``/``value`` of fewer (grouped) heads.
+
+    On meta, ``scaled_dot_product_attention`` decomposes to its math path, which materialises the s x s
+    scores a GPU never holds; the stand-in calls the flash kernel, whose meta form has flash's outputs
+    (and so its memory)."""
+    if query.is_meta:
+        return torch.ops.aten._scaled_dot_product_flash_attention(query, key, value, dropout_p, True, False,
+                                                                  scale=scale)[0]
+    return torch.nn.functional.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p, is_causal=True,
+                                                            scale=scale, enable_gqa=key.shape[1] != query.shape[1])
+
+
 def empty_cache() -> None:
     if kind() == "cuda":
         torch.cuda.empty_cache()

@@ -10,13 +10,10 @@ process from ``platform.setup_platform``. On CUDA with Transformer Engine nothin
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import torch
 from torch.overrides import TorchFunctionMode
 
-from megatron_grpo.platform import FAKE_BACKEND, DeviceError
+from megatron_grpo.platform import FAKE_BACKEND
 
 _TYPE_PREFIXES = ("torch.meta.", "torch.")
 
@@ -51,18 +48,6 @@ def _cuda_type_name(name: str) -> str:
     return name
 
 
-_HOST_READS = frozenset({torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__float__, torch.Tensor.__int__,
-                         torch.Tensor.__bool__, torch.Tensor.__index__})
-
-_KNOWN_META_READS = {
-    ("megatron/core/optimizer/clip_grads.py", "get_grad_norm_fp32"):
-        "Megatron reads the global grad norm to the host (total_norm.item()) to compute the clip factor",
-}
-"""Host reads of a device tensor the stand-in accepts, each named exactly; they read as 0. Any other
-read of a meta tensor raises: on GPU it would be an unplanned device sync, and the stand-in cannot know
-the value. Project code reads device values through ``platform.to_host``."""
-
-
 class _DeviceRedirect(TorchFunctionMode):
     """Maps ``device="cuda"``, ``.cuda()`` and ``.to("cuda")`` onto ``target`` and makes ``Tensor.type()``
     report CUDA type names.
@@ -71,15 +56,13 @@ class _DeviceRedirect(TorchFunctionMode):
     param_and_grad_buffer.py ("Torch not compiled with CUDA enabled"); ``p.cuda()`` in optimizer state
     loading; ``param.type() == 'torch.cuda.FloatTensor'`` asserts in the (distributed) optimizer and
     clip_grads ("Wrapped parameters must be one of torch.cuda.FloatTensor ..."); the default causal mask
-    (transformer/utils.py) built with ``device="cuda"``. On meta also: host reads (``_KNOWN_META_READS``)
-    and attention (``F.scaled_dot_product_attention`` decomposes to its s^2 math path on meta, while on GPU
-    it runs flash attention: the stand-in calls the flash kernel, whose meta form keeps flash's memory).
+    (transformer/utils.py) built with ``device="cuda"``. (Autograd runs backward without function modes:
+    nothing Megatron does in a backward pass needs this.)
     """
 
     def __init__(self, target: torch.device):
         super().__init__()
         self.target = target
-        self.meta = target.type == "meta"
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -87,53 +70,11 @@ class _DeviceRedirect(TorchFunctionMode):
             return args[0].to(self.target)
         if func is torch.Tensor.type and len(args) == 1 and not kwargs:
             return _cuda_type_name(func(*args))
-        if self.meta:
-            if args and isinstance(args[0], torch.Tensor) and args[0].is_meta:
-                if func in _HOST_READS:
-                    return _meta_host_read(func, args[0])
-                if func is torch.nn.functional.scaled_dot_product_attention:
-                    return _flash_attention(*args, **kwargs)
         if _is_cuda_device(kwargs.get("device")):
             kwargs = {**kwargs, "device": self.target}
         if func is torch.Tensor.to and len(args) > 1 and _is_cuda_device(args[1]):
             args = (args[0], self.target, *args[2:])
         return func(*args, **kwargs)
-
-
-def _meta_host_read(func, tensor: torch.Tensor):
-    caller = _first_caller_outside_torch()
-    if caller not in _KNOWN_META_READS:
-        file, function = caller
-        raise DeviceError(
-            f"{file}: {function} reads a device tensor {tuple(tensor.shape)} to the host (Tensor.{func.__name__}): "
-            "an unplanned device sync on GPU, and no value in the stand-in; use platform.to_host at the "
-            "host boundary"
-        )
-    zero = False if tensor.dtype is torch.bool else 0.0 if tensor.is_floating_point() else 0
-    return torch.zeros(tensor.shape).tolist() if func is torch.Tensor.tolist else type(zero)(zero)
-
-
-def _first_caller_outside_torch() -> tuple[str, str]:
-    """(path from the package root, function) of the innermost frame that is not torch or this module."""
-    torch_dir = str(Path(torch.__file__).parent)
-    frame = sys._getframe(2)
-    while frame is not None:
-        path = frame.f_code.co_filename
-        if not path.startswith(torch_dir) and path != __file__:
-            for root in ("megatron/", "megatron_grpo/"):
-                if root in path:
-                    return root + path.split(root, 1)[1], frame.f_code.co_name
-            return path, frame.f_code.co_name
-        frame = frame.f_back
-    return "<unknown>", "<unknown>"
-
-
-def _flash_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
-                     enable_gqa=False):
-    if attn_mask is not None:
-        raise DeviceError("the stand-in's flash attention takes no explicit mask (causal only)")
-    return torch.ops.aten._scaled_dot_product_flash_attention(query, key, value, dropout_p, is_causal, False,
-                                                              scale=scale)[0]
 
 
 def _no_cuda(target: torch.device) -> None:
@@ -230,9 +171,46 @@ def _standin() -> None:
 
     dist.new_group = fake_new_group
     _p2p_shapes_from_schedule()
+    _fused_rms_norm_on_meta()
     from megatron_grpo.platform import standin
 
     standin.install()
+
+
+class _MetaFusedRMSNorm(torch.autograd.Function):
+    """torch's fused RMSNorm as the GPU runs it, for data-less tensors: it keeps the input and the
+    reciprocal RMS for backward (torch's ``_fused_rms_norm_backward`` meta kernel), nothing more."""
+
+    @staticmethod
+    def forward(ctx, x, normalized_shape, weight, eps):
+        dims = len(normalized_shape)
+        rstd = x.new_empty(x.shape[:-dims] + (1,) * dims, dtype=torch.float32)
+        ctx.save_for_backward(x, weight, rstd)
+        ctx.normalized_shape = list(normalized_shape)
+        return torch.empty_like(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, rstd = ctx.saved_tensors
+        dx, dw = torch.ops.aten._fused_rms_norm_backward(grad, x, ctx.normalized_shape, rstd, weight,
+                                                         [True, weight is not None])
+        return dx, None, dw, None
+
+
+def _fused_rms_norm_on_meta() -> None:
+    # On CUDA torch.rms_norm runs the fused kernel, which saves the input and 1/rms; on meta it decomposes
+    # and also saves the normalised input, one more activation per norm (five per layer with qk-norm) than
+    # a GPU holds. Patched in torch.nn.functional, so recomputed layers in backward take it too.
+    import torch.nn.functional as F
+
+    rms_norm = F.rms_norm
+
+    def meta_aware(input, normalized_shape, weight=None, eps=None):
+        if input.is_meta:
+            return _MetaFusedRMSNorm.apply(input, tuple(normalized_shape), weight, eps)
+        return rms_norm(input, normalized_shape, weight, eps)
+
+    F.rms_norm = meta_aware
 
 
 def _p2p_shapes_from_schedule() -> None:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
 
 from tests.dist import run_distributed
 
-CONFIG = "/work/shared/data/configs/qwen3-4b-base.config.json"
+CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "models" / "qwen3-4b-base.config.json")
 
 
 def _megatron_shapes(config: dict) -> tuple[dict[str, tuple[int, ...]], int]:

@@ -72,3 +72,39 @@ def test_memory_follows_the_layout(traces):
     first, last = traces["pp2_first"].category_peaks, traces["pp2_last"].category_peaks
     assert first["logits"] == 0 < last["logits"]
     assert traces["tp1"].category_peaks["logits"] > 0
+
+
+QWEN3_32B_2X8 = ["--config", "configs/qwen3_4b_dapo.yaml", "--nodes", "2", "--trace", "--trace-rank", "15",
+                 "model.hf_config=configs/models/qwen3-32b.config.json", "model.dtype=bf16", "parallel.tensor=8",
+                 "parallel.pipeline=2", "parallel.sequence_parallel=true", "rollout.tensor_parallel=8"]
+
+
+def _plan_output(argv: list[str]) -> str:
+    import contextlib
+    import io
+
+    from megatron_grpo.plan.estimate import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        main(argv)
+    return out.getvalue()
+
+
+@pytest.mark.slow
+def test_plan_trace_of_qwen3_32b_agrees_with_the_formula():
+    """The real Megatron-Core step of a 32B model as the last pipeline stage of a 2 x 8 job, on this
+    CPU without weight memory: measured and formula figures within 15% (docs/scaling.md)."""
+    import re
+
+    from tests.trainer.harness import REPO
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(REPO)
+        text = run_distributed(_plan_output, 1, QWEN3_32B_2X8)[0]
+    assert "rank 15/16 (pipeline stage 1)" in text, text
+    rows = re.findall(r"^\s+(\w[\w +]*?)\s+formula\s+([\d.]+)\s+traced\s+([\d.]+)", text, re.M)
+    assert [r[0] for r in rows] == ["params", "grads", "optimizer", "activations + logits", "peak"]
+    for name, formula, traced in rows:
+        assert abs(float(formula) - float(traced)) <= 0.15 * float(traced), (name, formula, traced)
+    assert float(rows[-1][2]) > 30  # GiB: a real 32B stage, not a toy

@@ -39,6 +39,7 @@ def _probe_world() -> dict:
     dist.broadcast_object_list(box, src=0)
     out["broadcast"] = box
     out["host_read"] = error(lambda: torch.ones(1, device="meta").item())
+    out["tolist"] = error(lambda: torch.ones(2, device="meta").tolist())
     out["to_host"] = platform.to_host(torch.ones(2, device="meta")).tolist()
     arch = arch_from_dict(tiny_hf_config(layers=2))
     (model,) = build_model(arch, model_cfg(), par)
@@ -71,8 +72,9 @@ def test_object_collectives_read_peers_as_copies_of_this_rank(world):
 
 
 def test_host_reads_are_refused_outside_the_boundary(world):
-    assert "reads a device tensor (1,) to the host (Tensor.item)" in world["host_read"]
+    assert "reads a device tensor (1,) to the host (aten._local_scalar_dense)" in world["host_read"]
     assert "test_standin.py" in world["host_read"]  # names the caller
+    assert "reads a device tensor (2,) to the host (aten._to_copy)" in world["tolist"]
     assert world["to_host"] == [0.0, 0.0]
 
 
