@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from megatron_grpo.config.loader import ConfigError
 
@@ -53,6 +54,10 @@ class RolloutConfig:
     """Longest prompt + response the engine holds (vLLM's max_model_len)."""
     tensor_parallel: int = 1
     """vLLM tensor-parallel size of one rollout engine (1 on CPU)."""
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Engine weights and compute. ``auto``: bf16 on GPU (verl's vLLM rollouts, beside an fp32 actor), the
+    policy's dtype on CPU. The refit casts in the stream; ``mismatch/*`` shows the gap, ``algo.rollout_is``
+    corrects for it."""
     gpu_memory_utilization: float = 0.8
     """Share of GPU memory vLLM may take for weights and KV cache (GPU only)."""
     kv_cache_gb: float = 1.0
@@ -71,6 +76,14 @@ class RolloutConfig:
     """After each refit compare a checksum and a log-prob probe between trainer and engine."""
     seed: int = 0
     """vLLM engine seed; each generate() call also takes its own seed for per-request seeding."""
+
+    def engine_dtype(self, policy_dtype: str) -> str:
+        """``dtype`` with ``auto`` resolved: bf16 on the accelerator path, the policy's dtype on CPU."""
+        if self.dtype != "auto":
+            return self.dtype
+        from megatron_grpo import platform
+
+        return "bf16" if platform.accelerated() else policy_dtype
 
     def validate(self) -> None:
         if self.max_prompt_length < 1 or self.max_model_len < 1:

@@ -27,7 +27,7 @@ def run_eval(cfg: Config, ckpt: str | None = None, hf: str | None = None, out: s
     run = build_run(cfg, Path(cfg.trainer.run_dir))
     if ckpt:
         load_checkpoint(ckpt, run.policy, load_optimizer=False)
-    refit(run.policy, run.engine, run.dtype)
+    refit(run.policy, run.engine, run.engine_dtype)
     sets = run.eval_sets or load_eval_sets(cfg.eval, cfg.data, run.tokenizer)
     out_dir = Path(out) if out else Path(cfg.trainer.run_dir) / "eval"
     metrics = evaluate_run(run, sets, out_dir, "eval")  # every rank's engine takes a share

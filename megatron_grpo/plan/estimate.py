@@ -248,6 +248,11 @@ def _train_memory(cfg: Config, arch: ModelArch, layout: Layout, per_gpu: int, vo
     )
 
 
+def _engine_dtype(cfg: Config) -> str:
+    """The plan is for GPUs, where ``rollout.dtype: auto`` means bf16."""
+    return "bf16" if cfg.rollout.dtype == "auto" else cfg.rollout.dtype
+
+
 def _seq_tokens(cfg: Config) -> int:
     return cfg.rollout.max_prompt_length + cfg.rollout.train.max_response_length
 
@@ -267,7 +272,7 @@ def _logit_bytes(width: int, several_sequences: bool) -> int:
 
 def _rollout_memory(cfg: Config, arch: ModelArch, layout: Layout, train: TrainMemory, gpu_mem: float,
                     assume: Assumptions) -> RolloutMemory:
-    width = DTYPE_BYTES[cfg.model.dtype]  # the engine runs in the policy dtype
+    width = DTYPE_BYTES[_engine_dtype(cfg)]
     budget = cfg.rollout.gpu_memory_utilization * gpu_mem
     weights = total_params(arch) * width / layout.rollout_tp
     kv_heads = max(arch.num_query_groups // layout.rollout_tp, 1)  # vLLM replicates KV heads past TP = g
@@ -298,7 +303,7 @@ def _throughput(cfg: Config, arch: ModelArch, layout: Layout, assume: Assumption
     prefill = prompt * (2 * n_mm + 4 * attn * prompt / 2)
     gen_flops = seqs * (prefill + response * (2 * n_mm + 4 * attn * (prompt + response / 2)))
     peak = (assume.peak_tflops or PEAK_TFLOPS[cfg.model.dtype]) * 1e12  # per GPU
-    refit = total_params(arch) * DTYPE_BYTES[cfg.model.dtype]
+    refit = total_params(arch) * DTYPE_BYTES[_engine_dtype(cfg)]
     # The longest response decodes one token per step whatever the GPU count: a floor on generation.
     tail = cfg.rollout.train.max_response_length * refit / layout.rollout_tp / HBM_BYTES_PER_S
     return Throughput(

@@ -153,7 +153,7 @@ def trace_rank(cfg: Config, arch: ModelArch, world: int, rank: int, gpus_per_nod
             tracker.reset_peak()
             with tracker.in_phase("refit"):
                 sink = BucketSink(cfg.rollout.refit_bucket_mb << 20, set(EmptyHFWeights(arch)))
-                refit(policy, sink, platform.DTYPES[cfg.model.dtype])
+                refit(policy, sink, platform.DTYPES[cfg.rollout.engine_dtype(cfg.model.dtype)])
             refit_peak = tracker.peak - before
             pp_rank = ps.get_pipeline_model_parallel_rank()
             micro_batches = -(-rollout.rewards.shape[0] // (dp * (mb_tokens // rollout.input_ids.shape[1])))

@@ -55,6 +55,11 @@ def has_cuda() -> bool:
     return kind() == "cuda"
 
 
+def local_rank() -> int:
+    """This rank's index among the processes of its node: which GPU it drives."""
+    return _local_rank
+
+
 def device() -> torch.device:
     """This rank's compute device: ``cuda:LOCAL_RANK``, the host, or meta."""
     k = kind()

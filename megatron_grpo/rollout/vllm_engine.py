@@ -132,6 +132,7 @@ def build_engine(
         raise ConfigError(f"rollout.tensor_parallel: {cfg.tensor_parallel} needs GPU vLLM; CPU engines use 1")
     kwargs = {"kv_cache_memory_bytes": int(cfg.kv_cache_gb * 2**30)} if on_cpu else {}
     with _launch_env_kept():
+        os.environ.update(executor_env())
         llm = LLM(
             model=str(model_dir),
             tokenizer=str(tokenizer_dir),
@@ -139,6 +140,7 @@ def build_engine(
             load_format=INPLACE_LOAD_FORMAT,
             model_loader_extra_config={"load_format": "auto" if load_weights else "dummy"},
             tensor_parallel_size=cfg.tensor_parallel,
+            distributed_executor_backend=EXECUTOR,
             max_model_len=cfg.max_model_len,
             block_size=cfg.kv_block_size or None,
             gpu_memory_utilization=cfg.gpu_memory_utilization,
@@ -159,13 +161,38 @@ def build_engine(
                       tensor_parallel=cfg.tensor_parallel)
 
 
+EXECUTOR = "external_launcher"
+"""vLLM's executor for one engine per torchrun-style rank: the worker runs in this process, on the device
+``LOCAL_RANK`` names (vLLM's default single-process executor puts every rank's engine on GPU 0), and
+joins the trainer's torch.distributed world, which it reuses."""
+
 _LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def executor_env() -> dict[str, str]:
+    """The variables ``EXECUTOR`` reads, from this process's place: its torch.distributed rank and the
+    platform's device (under srun without torchrun nothing else sets LOCAL_RANK). A standalone engine
+    (no world yet) gets a world of one on a free port."""
+    import torch.distributed as dist
+
+    from megatron_grpo import platform
+
+    env = {"LOCAL_RANK": str(platform.local_rank())}
+    if dist.is_initialized():
+        return {**env, "RANK": str(dist.get_rank()), "WORLD_SIZE": str(dist.get_world_size())}
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return {**env, "RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
 
 
 @contextlib.contextmanager
 def _launch_env_kept():
-    """vLLM writes LOCAL_WORLD_SIZE=1 for its own one-engine world into os.environ; the trainer's
-    launcher, and every process the trainer spawns later, must keep seeing the trainer's launch values."""
+    """vLLM writes LOCAL_WORLD_SIZE=1 for its own one-engine world into os.environ, and the executor's
+    variables are set for the build only; the trainer's launcher, and every process the trainer spawns
+    later, must keep seeing the trainer's launch values."""
     saved = {k: os.environ.get(k) for k in _LAUNCH_VARS}
     try:
         yield
@@ -175,8 +202,6 @@ def _launch_env_kept():
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-
-
 
 
 def _eos_ids(*ids: int | list[int] | None) -> list[int]:

@@ -56,7 +56,8 @@ def train(cfg: Config, run_dir: str | Path) -> int:
     if run.is_rank0:
         write_provenance(cfg, run_dir)
     _resume(run)
-    refit(run.policy, run.engine, run.dtype, cfg.rollout.refit_check)  # the engine starts from the policy's weights
+    # the engine starts from the policy's weights
+    refit(run.policy, run.engine, run.engine_dtype, cfg.rollout.refit_check)
     logger = MetricsLogger(run_dir, cfg.logging, run.total_steps, run.step, run_dir.name) if run.is_rank0 else None
     try:
         while run.step < run.total_steps:
@@ -95,7 +96,7 @@ def train_step(run: Run) -> dict[str, float]:
                                      cfg.rollout.train.temperature))
     _check_finite(run, metrics)
     with timer("refit"):
-        metrics.update(refit(run.policy, run.engine, run.dtype, cfg.rollout.refit_check))
+        metrics.update(refit(run.policy, run.engine, run.engine_dtype, cfg.rollout.refit_check))
     if cfg.rollout.refit_check:
         metrics.update(logprob_probe(run.policy, run.engine, rollout))
     tokens = float((rollout.prompt_lens + rollout.response_lens).sum())

@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 import megatron_grpo
+from megatron_grpo import platform
 from megatron_grpo.config import Config, ConfigError, check_world, dump_yaml
 from megatron_grpo.data import PromptDataset, PromptSampler, load_train_dataset
 from megatron_grpo.launch import DistEnv, init_distributed
@@ -51,8 +52,9 @@ class Run:
         return self.env.rank == 0
 
     @property
-    def dtype(self) -> torch.dtype:
-        return DTYPES[self.cfg.model.dtype]
+    def engine_dtype(self) -> torch.dtype:
+        """What the refit sends: the engine's dtype."""
+        return DTYPES[self.cfg.rollout.engine_dtype(self.cfg.model.dtype)]
 
 
 def load_tokenizer(cfg: Config, arch: ModelArch):
@@ -102,7 +104,8 @@ def build_run(cfg: Config, run_dir: Path) -> Run:
 
     model_dir, has_weights = engine_model_dir(cfg, run_dir, env.rank)
     # All ranks build together: vLLM's own groups are made collectively over the trainer's world.
-    engine = build_engine(model_dir, cfg.model.tokenizer, cfg.rollout, cfg.model.dtype, load_weights=has_weights)
+    engine = build_engine(model_dir, cfg.model.tokenizer, cfg.rollout, cfg.rollout.engine_dtype(cfg.model.dtype),
+                          load_weights=has_weights)
     scorer = reward.from_config(cfg.reward)
     return Run(cfg, run_dir, env, arch, tokenizer, dataset, sampler, total_steps, policy, engine, scorer, eval_sets)
 
@@ -138,8 +141,9 @@ def _git_commit() -> str | None:
 
 
 def trainer_state(run: Run) -> dict:
-    """JSON-serialisable state saved next to the model: position, counters and RNG states."""
-    rng = (torch.get_rng_state(), np.random.get_state(), random.getstate())
+    """JSON-serialisable state saved next to the model: position, counters and RNG states (host, numpy,
+    Python, and on CUDA this rank's device generator and Megatron's tracker streams)."""
+    rng = {"torch": platform.rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     return {"step": run.step, "sampler": run.sampler.state_dict(), "nonfinite_streak": run.nonfinite_streak,
             "rng": base64.b64encode(pickle.dumps(rng)).decode()}
 
@@ -148,10 +152,12 @@ def restore_trainer_state(run: Run, state: dict) -> None:
     run.step = int(state["step"])
     run.sampler.load_state_dict(state["sampler"])
     run.nonfinite_streak = int(state["nonfinite_streak"])
-    torch_state, np_state, py_state = pickle.loads(base64.b64decode(state["rng"]))
-    torch.set_rng_state(torch_state)
-    np.random.set_state(np_state)
-    random.setstate(py_state)
+    rng = pickle.loads(base64.b64decode(state["rng"]))
+    if isinstance(rng, tuple):  # checkpoints before the CUDA state was saved: (torch, numpy, python)
+        rng = {"torch": {"cpu": rng[0]}, "numpy": rng[1], "python": rng[2]}
+    platform.set_rng_state(rng["torch"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
 
 
 def barrier() -> None:
