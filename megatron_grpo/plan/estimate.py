@@ -36,9 +36,6 @@ class Assumptions:
     """Per GPU; ``None`` = PEAK_TFLOPS of the policy dtype."""
     reserve_gb: float = 2.0
     """Per GPU, never available: CUDA context, NCCL buffers, allocator fragmentation."""
-    trainer_offload: bool = False
-    """Trainer parameters/gradients/optimizer leave the GPU while the engine generates (not implemented
-    in megatron_grpo; lets you see what it would buy)."""
     mean_prompt_tokens: int | None = None
     """``None`` = min(256, rollout.max_prompt_length)."""
     mean_response_tokens: int | None = None
@@ -94,6 +91,8 @@ class RolloutMemory:
     trainer_resident: float  # what the trainer keeps on the GPU meanwhile
     seq_tokens: int  # max prompt + max response of a training rollout
     seqs_per_engine: int
+    refit: float  # during the refit: the trainer's weights, the engine's weights and two buckets
+    host_offload: float  # host memory the offloaded trainer state takes, per GPU
 
     @property
     def kv_tokens(self) -> int:
@@ -135,7 +134,7 @@ class Plan:
     @property
     def fits_rollout(self) -> bool:
         r = self.rollout
-        return r.trainer_resident + r.budget <= self.usable and r.kv_tokens >= r.seq_tokens
+        return r.trainer_resident + r.budget <= self.usable and r.kv_tokens >= r.seq_tokens and r.refit <= self.usable
 
     @property
     def fits(self) -> bool:
@@ -276,7 +275,12 @@ def _rollout_memory(cfg: Config, arch: ModelArch, layout: Layout, train: TrainMe
     budget = cfg.rollout.gpu_memory_utilization * gpu_mem
     weights = total_params(arch) * width / layout.rollout_tp
     kv_heads = max(arch.num_query_groups // layout.rollout_tp, 1)  # vLLM replicates KV heads past TP = g
-    resident = 0.0 if assume.trainer_offload else train.static
+    # The loop (trainer/colocate.py): with offload_trainer the gradient buffers are freed, the optimizer
+    # state and, with the distributed optimizer, the weights wait in host memory while vLLM generates.
+    offload = cfg.rollout.colocated and cfg.rollout.offload_trainer
+    weights_stay = not cfg.parallel.distributed_optimizer  # no contiguous weight buffer to move
+    resident = (train.params if weights_stay else 0.0) if offload else train.static
+    host = (train.optimizer + (0.0 if weights_stay else train.params)) if offload else 0.0
     if not cfg.rollout.colocated:
         resident += train.peak - train.static  # no sleep mode: engine and trainer hold memory together
     seqs = cfg.data.batch_prompts * cfg.rollout.train.n
@@ -286,6 +290,9 @@ def _rollout_memory(cfg: Config, arch: ModelArch, layout: Layout, train: TrainMe
         trainer_resident=resident,
         seq_tokens=_seq_tokens(cfg),
         seqs_per_engine=-(-seqs // layout.engines),
+        refit=train.params + (0.0 if offload else train.grads + train.optimizer) + weights
+        + min(2 * (cfg.rollout.refit_bucket_mb << 20), weights),  # never more in flight than the model
+        host_offload=host,
     )
 
 
@@ -380,7 +387,7 @@ def _rollout_advice(cfg: Config, p: Plan) -> list[str]:
         kv = _gib(util * p.gpu_mem - r.weights)
         out.append(f"rollout.gpu_memory_utilization={util:.2f} fits ({kv} GiB KV cache)")
     else:
-        out.append("free the trainer's memory during generation (offload, --trainer-offload to model it) "
+        out.append("free the trainer's memory during generation (rollout.offload_trainer=true) "
                    "or raise parallel.tensor/pipeline so it keeps less")
     return out
 
@@ -435,7 +442,8 @@ def format_plan(p: Plan) -> str:
         f"logits {_gib(t.logits)} -> peak {_gib(t.peak)}  [{'ok' if p.fits_train else 'OVER'}]",
         f"generation, per GPU: vLLM {_gib(r.budget)} (weights {_gib(r.weights)}, KV cache {_gib(r.kv_cache)} = "
         f"{r.kv_tokens} tokens = {r.kv_tokens // r.seq_tokens} x {r.seq_tokens}-token sequences for "
-        f"{r.seqs_per_engine} per engine) + trainer {_gib(r.trainer_resident)}  [{'ok' if p.fits_rollout else 'OVER'}]",
+        f"{r.seqs_per_engine} per engine) + trainer {_gib(r.trainer_resident)} (host memory {_gib(r.host_offload)} "
+        f"for its offloaded state); during the refit {_gib(r.refit)}  [{'ok' if p.fits_rollout else 'OVER'}]",
         f"step estimate: generation {th.gen_s:.0f} s + training {th.train_s:.0f} s = {th.step_s:.0f} s "
         f"({th.train_tokens / 1e6:.2f} M tokens, {th.train_tokens / th.step_s / lo.world:.0f} tokens/s/GPU); "
         f"refit {th.refit_bytes / GIB:.1f} GiB in {th.refit_buckets} buckets",
@@ -456,8 +464,6 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gen-mfu", type=float, default=a.gen_mfu, help=f"generation MFU (default {a.gen_mfu})")
     parser.add_argument("--peak-tflops", type=float, default=None, help="per GPU (default: H100 dense, by dtype)")
     parser.add_argument("--reserve-gb", type=float, default=a.reserve_gb, help="GiB per GPU never usable")
-    parser.add_argument("--trainer-offload", action="store_true",
-                        help="assume the trainer moves its state off the GPU while the engines generate")
     parser.add_argument("--mean-prompt-tokens", type=int, default=None, help="default min(256, max prompt)")
     parser.add_argument("--mean-response-tokens", type=int, default=None, help="default half the max response")
     parser.add_argument("--trace", action="store_true",

@@ -128,6 +128,11 @@ def causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
                                                             scale=scale, enable_gqa=key.shape[1] != query.shape[1])
 
 
+def synchronize() -> None:
+    if kind() == "cuda":
+        torch.cuda.synchronize()
+
+
 def empty_cache() -> None:
     if kind() == "cuda":
         torch.cuda.empty_cache()

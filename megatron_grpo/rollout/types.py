@@ -47,6 +47,14 @@ class RolloutEngine(Protocol):
         if this engine cannot read its weights back."""
         ...
 
+    def sleep(self, level: int = 1) -> None:
+        """Free accelerator memory while the trainer runs (level 2: discard the weights too)."""
+        ...
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        """Re-allocate what ``sleep`` freed: ``["weights"]`` before a refit, then ``["kv_cache"]``."""
+        ...
+
     def close(self) -> None:
         """Release the engine (before the process groups go away)."""
         ...

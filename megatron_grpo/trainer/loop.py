@@ -4,6 +4,7 @@
     rollout = engine.generate(prompts) + rewards    # vLLM + rule-based reward, prompts split over engines
     metrics = update_policy(rollout)                # advantages, (old log-probs), PPO mini-batches
     refit(policy -> engine)                         # HF-named tensors in buckets, no disk
+    (colocated: the engine sleeps during the update, the trainer's state is in host memory meanwhile)
     validate every test_freq, checkpoint every save_freq, log every step
 
 SPMD: every rank runs this loop and holds a colocated engine and reward workers.
@@ -28,7 +29,7 @@ from megatron_grpo.launch import shutdown
 from megatron_grpo.model.update import update_policy
 from megatron_grpo.reshard.refit import refit
 from megatron_grpo.trainer.logger import MetricsLogger, truncate_metrics
-from megatron_grpo.trainer.probe import logprob_probe
+from megatron_grpo.trainer.probe import probe_engine, probe_trainer
 from megatron_grpo.trainer.rollout import generate_and_score, step_seed
 from megatron_grpo.trainer.setup import (
     Run,
@@ -58,6 +59,7 @@ def train(cfg: Config, run_dir: str | Path) -> int:
     _resume(run)
     # the engine starts from the policy's weights
     refit(run.policy, run.engine, run.engine_dtype, cfg.rollout.refit_check)
+    run.colocation.to_generate()
     logger = MetricsLogger(run_dir, cfg.logging, run.total_steps, run.step, run_dir.name) if run.is_rank0 else None
     try:
         while run.step < run.total_steps:
@@ -70,7 +72,8 @@ def train(cfg: Config, run_dir: str | Path) -> int:
             stopping = stop.agreed()
             if stopping or run.step == run.total_steps or (
                     cfg.checkpoint.save_freq and run.step % cfg.checkpoint.save_freq == 0):
-                save_checkpoint(_ckpt_root(run), run.step, run.policy, trainer_state(run), cfg.checkpoint.keep_last)
+                with run.colocation.trainer_on_device():
+                    save_checkpoint(_ckpt_root(run), run.step, run.policy, trainer_state(run), cfg.checkpoint.keep_last)
             if stopping:
                 log.warning("stop signal %s: checkpoint at step %d saved, exiting %d", stop.signal, run.step,
                             EXIT_REQUEUE)
@@ -90,15 +93,19 @@ def train_step(run: Run) -> dict[str, float]:
         rollout, metrics = _rollout(run)
     if rollout is None:  # dynamic sampling found no group with reward signal: nothing to learn from
         return {**metrics, **timer.metrics(), "actor/updates_applied": 0.0, "actor/updates": 0.0}
+    run.colocation.to_update()  # the engine sleeps, the trainer's state is back on the device
     with timer("update"):
         _inject_fault(run.step + 1, rollout)
         metrics.update(update_policy(run.policy, rollout, cfg.algo, cfg.rollout.train.max_response_length,
                                      cfg.rollout.train.temperature))
     _check_finite(run, metrics)
+    probe = probe_trainer(run.policy, rollout) if cfg.rollout.refit_check else None
+    run.colocation.to_refit()  # the trainer keeps its weights, the engine's come back
     with timer("refit"):
         metrics.update(refit(run.policy, run.engine, run.engine_dtype, cfg.rollout.refit_check))
-    if cfg.rollout.refit_check:
-        metrics.update(logprob_probe(run.policy, run.engine, rollout))
+    run.colocation.to_generate()  # the trainer's weights leave, the engine's KV cache comes back
+    if probe is not None:
+        metrics.update(probe_engine(probe, run.engine))
     tokens = float((rollout.prompt_lens + rollout.response_lens).sum())
     metrics.update(timer.metrics())
     metrics.update({"perf/tokens_per_s": tokens / max(timer.total, 1e-9), "data/epoch": float(run.sampler.epoch)})

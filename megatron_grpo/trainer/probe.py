@@ -6,6 +6,8 @@ long before it shows up as a reward curve that does not rise.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.distributed as dist
 
@@ -17,22 +19,40 @@ from megatron_grpo.rollout.types import RolloutEngine
 PROBE_SEQUENCES = 2
 
 
-def logprob_probe(policy: MegatronPolicy, engine: RolloutEngine | None, rollout: RolloutBatch) -> dict[str, float]:
-    """Collective. Mean |trainer - engine| log-prob over the responses of the rollout's first sequences."""
+@dataclass
+class Probe:
+    """The trainer's side of the check, taken while its weights are on the device."""
+
+    sequences: list[list[int]]
+    prompt_lens: list[int]
+    trainer: torch.Tensor  # [n, T] host log-probs, position t scoring token t + 1
+
+
+def probe_trainer(policy: MegatronPolicy, rollout: RolloutBatch) -> Probe:
+    """Collective: the trainer's log-probs of the rollout's first sequences."""
     rows = list(range(min(PROBE_SEQUENCES, rollout.rewards.numel())))
     lengths = rollout.prompt_lens[rows] + rollout.response_lens[rows]
     tokens = rollout.input_ids[rows][:, : int(lengths.max())]
     trainer = platform.to_host(policy.logprobs([{"tokens": tokens}], temperature=1.0)[0]["logprobs"])
+    return Probe([tokens[i, : int(lengths[i])].tolist() for i in range(len(rows))],
+                 [int(p) for p in rollout.prompt_lens[rows]], trainer)
+
+
+def probe_engine(probe: Probe, engine: RolloutEngine | None) -> dict[str, float]:
+    """Collective. Mean |trainer - engine| log-prob over the probe's responses (rank 0's engine scores)."""
     verdict = [None]
     if dist.get_rank() == 0:
-        seqs = [tokens[i, : int(lengths[i])].tolist() for i in range(len(rows))]
-        prompt_lens = [int(p) for p in rollout.prompt_lens[rows]]
-        engine_lp = engine.score(seqs, prompt_lens)
         diffs = []
-        for i, (p, lp) in enumerate(zip(prompt_lens, engine_lp, strict=True)):
+        for i, (p, lp) in enumerate(zip(probe.prompt_lens, engine.score(probe.sequences, probe.prompt_lens),
+                                        strict=True)):
             # trainer position t scores token t + 1: the response tokens p..end come from positions p-1..end-1
-            ours = trainer[i, p - 1: p - 1 + len(lp)]
+            ours = probe.trainer[i, p - 1: p - 1 + len(lp)]
             diffs.append((ours - torch.tensor(lp, dtype=ours.dtype)).abs())
         verdict[0] = float(torch.cat(diffs).mean()) if diffs and sum(len(d) for d in diffs) else 0.0
     dist.broadcast_object_list(verdict, src=0)
     return {"rollout/logprob_abs_diff": verdict[0]}
+
+
+def logprob_probe(policy: MegatronPolicy, engine: RolloutEngine | None, rollout: RolloutBatch) -> dict[str, float]:
+    """Both sides at once (trainer and engine both on the device)."""
+    return probe_engine(probe_trainer(policy, rollout), engine)

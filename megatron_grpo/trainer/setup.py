@@ -26,6 +26,7 @@ from megatron_grpo.model import ModelArch, load_arch
 from megatron_grpo.model.arch import hf_config_path
 from megatron_grpo.model.policy import MegatronPolicy
 from megatron_grpo.platform import DTYPES
+from megatron_grpo.trainer.colocate import Colocation
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class Run:
     engine: object                  # this rank's colocated rollout engine
     scorer: object                  # this rank's reward workers
     eval_sets: list
+    colocation: Colocation          # who holds the accelerator in each stage of a step
     step: int = 0                   # last completed step
     nonfinite_streak: int = 0
 
@@ -107,7 +109,9 @@ def build_run(cfg: Config, run_dir: Path) -> Run:
     engine = build_engine(model_dir, cfg.model.tokenizer, cfg.rollout, cfg.rollout.engine_dtype(cfg.model.dtype),
                           load_weights=has_weights)
     scorer = reward.from_config(cfg.reward)
-    return Run(cfg, run_dir, env, arch, tokenizer, dataset, sampler, total_steps, policy, engine, scorer, eval_sets)
+    colocation = Colocation(engine, policy, cfg.rollout.colocated and cfg.rollout.offload_trainer)
+    return Run(cfg, run_dir, env, arch, tokenizer, dataset, sampler, total_steps, policy, engine, scorer, eval_sets,
+               colocation)
 
 
 def _eval_sets(cfg: Config, tokenizer) -> list:
