@@ -7,6 +7,8 @@ import signal
 import torch
 import torch.distributed as dist
 
+from megatron_grpo import platform
+
 EXIT_REQUEUE = 75
 """Exit code after a signal-triggered checkpoint: EX_TEMPFAIL, slurm/train.sbatch requeues on it."""
 
@@ -23,7 +25,7 @@ class StopRequest:
         self.signal = signum
 
     def agreed(self) -> bool:
-        flag = torch.tensor([1.0 if self.signal is not None else 0.0])
+        flag = torch.tensor([1.0 if self.signal is not None else 0.0], device=platform.device())
         if dist.is_initialized():
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # a device tensor: NCCL takes no host tensors
+        return bool(platform.to_host(flag).item())

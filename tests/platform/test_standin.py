@@ -40,6 +40,9 @@ def _probe_world() -> dict:
     out["broadcast"] = box
     out["host_read"] = error(lambda: torch.ones(1, device="meta").item())
     out["tolist"] = error(lambda: torch.ones(2, device="meta").tolist())
+    from megatron_grpo.trainer.signals import StopRequest
+
+    out["stop_agreed"] = error(lambda: StopRequest().agreed())  # the trainer's stop flag is all-reduced
     out["to_host"] = platform.to_host(torch.ones(2, device="meta")).tolist()
     arch = arch_from_dict(tiny_hf_config(layers=2))
     (model,) = build_model(arch, model_cfg(), par)
@@ -76,6 +79,10 @@ def test_host_reads_are_refused_outside_the_boundary(world):
     assert "test_standin.py" in world["host_read"]  # names the caller
     assert "reads a device tensor (2,) to the host (aten._to_copy)" in world["tolist"]
     assert world["to_host"] == [0.0, 0.0]
+
+
+def test_the_stop_flag_crosses_ranks_on_the_device(world):
+    assert world["stop_agreed"] == ""
 
 
 def test_model_lives_on_the_device_and_refuses_host_inputs(world):
