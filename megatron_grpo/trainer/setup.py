@@ -4,6 +4,7 @@ model or engine is built. Also the run directory's provenance files and resumabl
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import pickle
@@ -121,9 +122,11 @@ def _eval_sets(cfg: Config, tokenizer) -> list:
 
 
 def write_provenance(cfg: Config, run_dir: Path) -> None:
-    """The resolved config and the versions/commit that produced the run (rank 0)."""
+    """The resolved config (``rollout.dtype: auto`` as this platform resolved it) and the versions/commit
+    that produced the run (rank 0)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    dump_yaml(cfg, run_dir / "config.yaml")
+    rollout = dataclasses.replace(cfg.rollout, dtype=cfg.rollout.engine_dtype(cfg.model.dtype))
+    dump_yaml(dataclasses.replace(cfg, rollout=rollout), run_dir / "config.yaml")
     versions = {"megatron_grpo": megatron_grpo.__version__, "torch": torch.__version__,
                 "git_commit": _git_commit()}
     for package in ("megatron.core", "vllm", "transformers"):

@@ -48,6 +48,14 @@ def test_engine_weights_are_bf16_when_asked(tmp_path):
     assert out["auto_on_cpu"] == "fp32"  # auto = the policy's dtype on CPU
 
 
+def test_the_run_records_the_resolved_engine_dtype(tmp_path):
+    from megatron_grpo.config import load_config
+    from megatron_grpo.trainer.setup import write_provenance
+
+    write_provenance(load_config(None), tmp_path)  # rollout.dtype: auto, on CPU
+    assert load_config(tmp_path / "config.yaml").rollout.dtype == "fp32"
+
+
 def test_engine_executor_binds_the_ranks_device(monkeypatch):
     """vLLM's default single-process executor puts every rank's engine on device 0; the engine's executor
     reads LOCAL_RANK, which the trainer sets from its own placement (srun sets only SLURM_LOCALID)."""
