@@ -23,7 +23,6 @@ import json
 import math
 import os
 import resource
-import socket
 import time
 import traceback
 from pathlib import Path
@@ -106,9 +105,9 @@ def run_case(name: str, args: argparse.Namespace) -> dict:
     shape, tp = CASES[name]
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from megatron_grpo.launch import free_port
+
+    port = free_port()
     procs = [ctx.Process(target=_worker, args=(r, tp, port, hf_config(shape), args, queue)) for r in range(tp)]
     for p in procs:
         p.start()

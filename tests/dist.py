@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import traceback
 
 import torch
 import torch.multiprocessing as mp
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from megatron_grpo.launch import free_port
 
 
 def _worker(rank: int, world: int, port: int, fn, args, queue) -> None:
@@ -46,7 +41,7 @@ def run_distributed(fn, world_size: int, *args, timeout: float = 300.0, attempts
 def _run_once(fn, world_size: int, args: tuple, timeout: float) -> list:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_worker, args=(r, world_size, port, fn, args, queue)) for r in range(world_size)]
     for p in procs:
         p.start()

@@ -22,7 +22,6 @@ import dataclasses
 import importlib
 import json
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -58,12 +57,9 @@ def model_config(name: str, dry: bool) -> dict:
 
 
 def init(parallel) -> None:
-    from megatron_grpo.launch import DistEnv, init_distributed
+    from megatron_grpo.launch import dist_env, init_distributed
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    init_distributed(parallel, seed=0, env=DistEnv(0, 1, 0, "127.0.0.1", port, "single"))
+    init_distributed(parallel, seed=0, env=dist_env({}))  # one process, a free port
 
 
 # ---- 2. the policy against transformers ------------------------------------------------------------

@@ -10,7 +10,6 @@ The HF directory is checked (names and shapes, from the headers) before any proc
 from __future__ import annotations
 
 import os
-import socket
 from multiprocessing.connection import wait
 from pathlib import Path
 
@@ -63,9 +62,9 @@ def _rank_main(rank: int, world: int, port: int, fn, args) -> None:
 def spawn(world: int, fn, args: tuple) -> None:
     """Run ``fn(*args)`` on ``world`` local processes; if one fails, stop the rest (they would wait
     forever in a collective) and raise."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from megatron_grpo.launch import free_port
+
+    port = free_port()
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_rank_main, args=(r, world, port, fn, args)) for r in range(world)]
     for p in procs:

@@ -52,7 +52,7 @@ def dist_env(env: Mapping[str, str] | None = None) -> DistEnv:
         if world > 1 and "MASTER_ADDR" not in env:
             raise ConfigError("Slurm launch with several tasks needs MASTER_ADDR (see slurm/env.sh)")
     else:
-        return DistEnv(0, 1, 0, addr, _free_port(), "single")
+        return DistEnv(0, 1, 0, addr, free_port(), "single")
     port = _int(env, "MASTER_PORT") if "MASTER_PORT" in env else 29500
     if not 0 < port < 65536:
         raise ConfigError(f"MASTER_PORT={port} is not a TCP port (1-65535)")
@@ -85,7 +85,8 @@ def _torchrun_ranks(env: Mapping[str, str]) -> tuple[int, int, int]:
     return rank, world, local
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on this host now (another process may take it before it is bound)."""
     import socket
 
     with socket.socket() as s:

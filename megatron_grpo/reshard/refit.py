@@ -6,9 +6,9 @@ all-gather each HF tensor from their slices of it (``convert.weights.stage_hf_te
 pipeline group broadcasts it from that stage to the other stages (every rank knows every stage's names and
 shapes from Megatron's layer placement, so nothing but the tensors crosses the wire). Data-parallel replicas
 hold identical weights after the optimizer step and stream in parallel, each within its own pipeline
-groups. Each engine
-takes the tensors lazily and copies them into its weights in place, bucket by bucket: the extra memory is
-one bucket plus the tensor in flight (at most twice the largest HF tensor). Measured in docs/refit.md.
+groups. Each engine takes the tensors lazily and copies them into its weights in place, bucket by bucket:
+the extra memory is one bucket plus the tensor in flight (at most twice the largest HF tensor). Measured
+in docs/refit.md.
 
 Before anything moves, every engine checks the full manifest (every HF name, shape and dtype, derived
 from the weight mapping), so a mismatch leaves all engines' previous weights untouched.

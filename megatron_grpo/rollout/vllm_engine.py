@@ -176,16 +176,12 @@ def executor_env() -> dict[str, str]:
     import torch.distributed as dist
 
     from megatron_grpo import platform
+    from megatron_grpo.launch import free_port
 
     env = {"LOCAL_RANK": str(platform.local_rank())}
     if dist.is_initialized():
         return {**env, "RANK": str(dist.get_rank()), "WORLD_SIZE": str(dist.get_world_size())}
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return {**env, "RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    return {**env, "RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
 
 
 @contextlib.contextmanager

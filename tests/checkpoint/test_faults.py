@@ -43,10 +43,10 @@ def _save_then_crash(root: str, port: int) -> None:
 
 @pytest.fixture(scope="module")
 def crashed_root(tmp_path_factory):
-    from tests.dist import _free_port
+    from megatron_grpo.launch import free_port
 
     root = tmp_path_factory.mktemp("faults") / "ckpt"
-    proc = mp.get_context("spawn").Process(target=_save_then_crash, args=(str(root), _free_port()))
+    proc = mp.get_context("spawn").Process(target=_save_then_crash, args=(str(root), free_port()))
     proc.start()
     proc.join(timeout=300)
     assert proc.exitcode == CRASH_EXIT

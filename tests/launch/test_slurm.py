@@ -10,13 +10,14 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from megatron_grpo.launch import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -43,12 +44,6 @@ def test_shellcheck():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(tmp_path: Path, nodes: int, **env: str) -> subprocess.Popen:
     out = tmp_path / "out"
     out.mkdir()
@@ -58,7 +53,7 @@ def _start(tmp_path: Path, nodes: int, **env: str) -> subprocess.Popen:
         "SLURM_JOB_NUM_NODES": str(nodes), "SLURM_SUBMIT_DIR": str(ROOT),
         "SRUN": str(HERE / "fake_srun.sh"), "SCONTROL": str(HERE / "fake_scontrol.sh"), "TORCHRUN": str(TORCHRUN),
         "MEGATRON_GRPO_CMD": f"{sys.executable} {HERE / 'fake_train.py'}", "GPUS_PER_NODE": "1",
-        "MASTER_PORT": str(_free_port()), "OMP_NUM_THREADS": "1",
+        "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1",
         "FAKE_OUT": str(out), "FAKE_SCONTROL_LOG": str(tmp_path / "scontrol.log"),
         **env,
     }
