@@ -1,5 +1,5 @@
 """Refit benchmark: seconds to stream a Megatron policy into its colocated vLLM engine (the trainer's
-``reshard.refit``), next to a plain memcpy of the same bytes in the same process, and the engine's
+``refit.stream``), next to a plain memcpy of the same bytes in the same process, and the engine's
 rollout tokens/s. Random Qwen3-shaped models, every rank with its own engine (dummy weights at start).
 
 Default: ~0.1B (fp32, bf16) at TP1 with 64 MB / 512 MB / 2 GB buckets, ~5 min on 2 cores. ``--models
@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.dist import run_distributed  # noqa: E402
-from tests.reshard.rss import peak_rss_growth  # noqa: E402
+from tests.refit.rss import peak_rss_growth  # noqa: E402
 
 MIB = 2**20
 BUCKETS_MB = (64, 512, 2048)
@@ -121,7 +121,7 @@ def worker(config: dict, dtype: str, tp: int, bucket_mb: int, model_dir: str, ph
     from megatron_grpo.model import arch_from_dict
     from megatron_grpo.model.builder import DTYPES
     from megatron_grpo.model.policy import MegatronPolicy
-    from megatron_grpo.reshard.refit import refit
+    from megatron_grpo.refit.stream import refit
     from megatron_grpo.rollout.vllm_engine import build_engine
 
     par = ParallelConfig(tensor=tp)

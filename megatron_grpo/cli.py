@@ -34,7 +34,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from megatron_grpo.eval.cli import run_eval
+    from megatron_grpo.trainer.validate import run_eval
 
     cfg = load_config(args.config, args.overrides)
     return run_eval(cfg, ckpt=args.ckpt, hf=args.hf, out=args.out)

@@ -179,7 +179,8 @@ def refit_check(dry: bool) -> dict:
     from megatron_grpo.config import ModelConfig, OptimizerConfig, ParallelConfig, RolloutConfig, SamplingConfig
     from megatron_grpo.model.arch import arch_from_dict
     from megatron_grpo.model.policy import MegatronPolicy
-    from megatron_grpo.reshard.refit import refit
+    from megatron_grpo.refit.stream import refit
+    from megatron_grpo.rollout.groups import ColocatedEngines
     from megatron_grpo.rollout.vllm_engine import build_engine
     from megatron_grpo.trainer.probe import logprob_probe
 
@@ -199,7 +200,7 @@ def refit_check(dry: bool) -> dict:
             rollout = RolloutBatch(input_ids=ids, prompt_lens=torch.tensor([32, 32]),
                                    response_lens=torch.tensor([64, 64]), sampler_logprobs=torch.zeros(2, 64),
                                    rewards=torch.zeros(2), truncated=torch.zeros(2, dtype=torch.bool), group_size=2)
-            metrics.update(logprob_probe(policy, engine, rollout))
+            metrics.update(logprob_probe(policy, ColocatedEngines(engine), rollout))
         finally:
             engine.close()
     return metrics

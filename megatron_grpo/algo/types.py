@@ -61,6 +61,7 @@ class RolloutBatch:
     rewards: Tensor           # [N] float, outcome reward of each response
     truncated: Tensor         # [N] bool, response stopped by the length limit
     group_size: int           # G
+    versions: Tensor | None = None  # [N] long, policy version (trainer step) of the engine weights that sampled it
 
     @property
     def num_groups(self) -> int:
@@ -84,7 +85,10 @@ class RolloutBatch:
         fields = {}
         for f in dataclasses.fields(RolloutBatch):
             values = [getattr(b, f.name) for b in batches]
-            fields[f.name] = values[0] if f.name == "group_size" else _cat_padded(values)
+            if f.name == "group_size":
+                fields[f.name] = values[0]
+            else:  # an optional field is kept only when every batch has it
+                fields[f.name] = None if any(v is None for v in values) else _cat_padded(values)
         return RolloutBatch(**fields)
 
 

@@ -45,6 +45,7 @@ class Config:
         _check_group_size(self)
         _check_mini_batch(self)
         _check_overlong(self)
+        _check_staleness(self)
 
 
 def _check_group_size(cfg: Config) -> None:
@@ -68,6 +69,17 @@ def _check_overlong(cfg: Config) -> None:
             f"algo.overlong_buffer: {cfg.algo.overlong_buffer} must be < rollout.train.max_response_length "
             f"{cfg.rollout.train.max_response_length}"
         )
+
+
+def _check_staleness(cfg: Config) -> None:
+    if not cfg.rollout.max_staleness:
+        return
+    if cfg.algo.rollout_is == "none":
+        raise ConfigError("rollout.max_staleness: off-policy samples need algo.rollout_is (token or sequence): its "
+                          "weights are what correct for the engine's older policy")
+    if cfg.algo.dynamic_sampling:
+        raise ConfigError("rollout.max_staleness: dynamic sampling regenerates until a batch is full, which "
+                          "needs the on-policy loop (max_staleness: 0)")
 
 
 def check_world(cfg: Config, world_size: int, num_attention_heads: int, num_query_groups: int,

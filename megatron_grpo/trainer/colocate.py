@@ -17,12 +17,15 @@ from megatron_grpo.rollout.types import RolloutEngine
 
 
 class Colocation:
-    def __init__(self, engine: RolloutEngine, policy: MegatronPolicy, offload_trainer: bool):
+    """``engine``: this rank's engine handle (None or an engine of its own GPUs: sleep/wake do nothing)."""
+
+    def __init__(self, engine: RolloutEngine | None, policy: MegatronPolicy, offload_trainer: bool):
         self.engine, self.policy, self.offload_trainer = engine, policy, offload_trainer
 
     def to_update(self) -> None:
         """After generation: the engine sleeps, the trainer's state comes back."""
-        self.engine.sleep(level=2)
+        if self.engine is not None:
+            self.engine.sleep(level=2)
         self.policy.onload()
 
     def to_refit(self) -> None:
@@ -30,13 +33,15 @@ class Colocation:
         weight memory comes back, to be filled by the refit."""
         if self.offload_trainer:
             self.policy.offload(params=False)
-        self.engine.wake_up(tags=["weights"])
+        if self.engine is not None:
+            self.engine.wake_up(tags=["weights"])
 
     def to_generate(self) -> None:
         """After the refit: the trainer's weights leave too, the engine gets its KV cache."""
         if self.offload_trainer:
             self.policy.offload(params=True)
-        self.engine.wake_up(tags=["kv_cache"])
+        if self.engine is not None:
+            self.engine.wake_up(tags=["kv_cache"])
 
     @contextmanager
     def trainer_on_device(self):

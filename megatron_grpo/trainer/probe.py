@@ -14,7 +14,7 @@ import torch.distributed as dist
 from megatron_grpo import platform
 from megatron_grpo.algo import RolloutBatch
 from megatron_grpo.model.policy import MegatronPolicy
-from megatron_grpo.rollout.types import RolloutEngine
+from megatron_grpo.rollout.groups import EngineGroup
 
 PROBE_SEQUENCES = 2
 
@@ -38,21 +38,25 @@ def probe_trainer(policy: MegatronPolicy, rollout: RolloutBatch) -> Probe:
                  [int(p) for p in rollout.prompt_lens[rows]], trainer)
 
 
-def probe_engine(probe: Probe, engine: RolloutEngine | None) -> dict[str, float]:
-    """Collective. Mean |trainer - engine| log-prob over the probe's responses (rank 0's engine scores)."""
+def probe_engine(probe: Probe, engines: EngineGroup) -> dict[str, float]:
+    """Collective. Mean |trainer - engine| log-prob over the probe's responses, for every engine rank 0
+    can ask (colocated: its own; disaggregated: each one); the worst engine's is reported."""
     verdict = [None]
     if dist.get_rank() == 0:
-        diffs = []
-        for i, (p, lp) in enumerate(zip(probe.prompt_lens, engine.score(probe.sequences, probe.prompt_lens),
-                                        strict=True)):
-            # trainer position t scores token t + 1: the response tokens p..end come from positions p-1..end-1
-            ours = probe.trainer[i, p - 1: p - 1 + len(lp)]
-            diffs.append((ours - torch.tensor(lp, dtype=ours.dtype)).abs())
-        verdict[0] = float(torch.cat(diffs).mean()) if diffs and sum(len(d) for d in diffs) else 0.0
+        verdict[0] = max(_abs_diff(probe, scores) for scores in engines.score_each(probe.sequences, probe.prompt_lens))
     dist.broadcast_object_list(verdict, src=0)
     return {"rollout/logprob_abs_diff": verdict[0]}
 
 
-def logprob_probe(policy: MegatronPolicy, engine: RolloutEngine | None, rollout: RolloutBatch) -> dict[str, float]:
+def _abs_diff(probe: Probe, scores: list[list[float]]) -> float:
+    diffs = []
+    for i, (p, lp) in enumerate(zip(probe.prompt_lens, scores, strict=True)):
+        # trainer position t scores token t + 1: the response tokens p..end come from positions p-1..end-1
+        ours = probe.trainer[i, p - 1: p - 1 + len(lp)]
+        diffs.append((ours - torch.tensor(lp, dtype=ours.dtype)).abs())
+    return float(torch.cat(diffs).mean()) if diffs and sum(len(d) for d in diffs) else 0.0
+
+
+def logprob_probe(policy: MegatronPolicy, engines: EngineGroup, rollout: RolloutBatch) -> dict[str, float]:
     """Both sides at once (trainer and engine both on the device)."""
-    return probe_engine(probe_trainer(policy, rollout), engine)
+    return probe_engine(probe_trainer(policy, rollout), engines)

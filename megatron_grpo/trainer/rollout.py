@@ -1,23 +1,32 @@
 """Rollout stage: generate G responses per prompt, score them, pack the result as a ``RolloutBatch``.
 
-Colocated: every rank holds an engine. The B prompts of a step are split into contiguous chunks, one
-per engine; each rank generates and scores its chunk, and the chunks are all-gathered so every rank
-holds the whole batch (each DP rank then trains on its share). Prompt i is always seeded as prompt i of
-the step, so the samples do not depend on how many engines share the batch.
+The engines (``rollout.groups``, any placement) hand every rank every sample; each rank then scores a
+contiguous share of the prompts with its reward workers and the shares are all-gathered, so every
+rank holds the whole batch (each DP rank then trains on its share). Prompt i is always seeded as prompt
+i of the step, so the samples do not depend on how many engines share the batch.
+
+``RolloutQueue`` keeps ``rollout.max_staleness`` batches in flight ahead of training: with 1, step k+1's
+batch is generated while step k trains (the engines take the refit after it). At 0 a batch is submitted
+and collected in the same step: the on-policy loop.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import time
+from collections import deque
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from megatron_grpo.algo import RolloutBatch
 from megatron_grpo.config import SamplingConfig
-from megatron_grpo.data import PromptItem
+from megatron_grpo.data import PromptDataset, PromptItem, PromptSampler
 from megatron_grpo.reward import RewardScorer
-from megatron_grpo.rollout.types import RolloutEngine, Sample
+from megatron_grpo.rollout.groups import EngineGroup
+from megatron_grpo.rollout.types import Sample, chunk
 
 
 def step_seed(seed: int, step: int | str) -> int:
@@ -45,52 +54,76 @@ def to_rollout_batch(items: list[PromptItem], samples: list[list[Sample]], rewar
         rewards=torch.tensor(rewards, dtype=torch.float32),
         truncated=torch.tensor([s.finish_reason == "length" for _, s in rows]),
         group_size=group_size,
+        versions=torch.tensor([s.version for _, s in rows], dtype=torch.long),
     )
 
 
-def _chunk(n: int, parts: int, index: int) -> range:
-    """Contiguous, near-equal split of range(n) into ``parts``; the ``index``-th part."""
-    base, extra = divmod(n, parts)
-    start = index * base + min(index, extra)
-    return range(start, start + base + (index < extra))
-
-
-class AllEngines:
-    """Every rank's engine as one, collectively: ``generate`` splits the prompts over the ranks (seeded as
-    one engine would seed them, so the samples do not depend on the world size) and every rank gets all
-    samples back. Validation goes through it so that no engine idles while rank 0's works."""
-
-    def __init__(self, engine: RolloutEngine):
-        self._engine = engine
-
-    def generate(self, prompts: list[list[int]], sampling: SamplingConfig, seed: int,
-                 first_index: int = 0) -> list[list[Sample]]:
-        mine = _chunk(len(prompts), dist.get_world_size(), dist.get_rank())
-        part = (self._engine.generate([prompts[i] for i in mine], sampling, seed, first_index=first_index + mine.start)
-                if mine else [])
-        parts = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, part)
-        return [group for p in parts for group in p]
-
-
-def generate_and_score(engine: RolloutEngine, scorer: RewardScorer, items: list[PromptItem],
-                       sampling: SamplingConfig, seed: int) -> tuple[RolloutBatch, dict[str, float]]:
-    """Collective: this rank's chunk through its engine and scorer, then every rank gets the whole batch."""
+def score_samples(scorer: RewardScorer, items: list[PromptItem], samples: list[list[Sample]],
+                  sampling: SamplingConfig) -> tuple[RolloutBatch, dict[str, float]]:
+    """Collective: every rank scores its share of the prompts, then every rank gets the whole batch."""
     rank, world = dist.get_rank(), dist.get_world_size()
-    mine = _chunk(len(items), world, rank)
-    chunk = [items[i] for i in mine]
+    mine = chunk(len(items), world, rank)
     part, stats = None, {}
-    if chunk:
-        samples = engine.generate([it.prompt_ids for it in chunk], sampling, seed, first_index=mine.start)
-        texts = [s.text for group in samples for s in group]
-        truths = [it.record.ground_truth for it in chunk for _ in range(sampling.n)]
-        sources = [it.record.data_source for it in chunk for _ in range(sampling.n)]
-        part = to_rollout_batch(chunk, samples, scorer.score(texts, truths, sources), sampling.n)
+    if mine:
+        chunk_items, chunk_samples = [items[i] for i in mine], [samples[i] for i in mine]
+        texts = [s.text for group in chunk_samples for s in group]
+        truths = [it.record.ground_truth for it in chunk_items for _ in range(sampling.n)]
+        sources = [it.record.data_source for it in chunk_items for _ in range(sampling.n)]
+        part = to_rollout_batch(chunk_items, chunk_samples, scorer.score(texts, truths, sources), sampling.n)
         stats = scorer.metrics()
     parts = [None] * world
     dist.all_gather_object(parts, (part, stats))
     batch = RolloutBatch.concat([p for p, _ in parts if p is not None])
     return batch, {**_batch_metrics(batch), **_reward_stats([s for _, s in parts if s])}
+
+
+@dataclass
+class _InFlight:
+    step: int
+    items: list[PromptItem]
+    pending: object
+    sampler_before: dict  # the sampler as it was before this batch was drawn
+
+
+class RolloutQueue:
+    """The batches the engines work on ahead of training (``ahead`` = rollout.max_staleness); none past
+    the run's last step."""
+
+    def __init__(self, engines: EngineGroup, scorer: RewardScorer, dataset: PromptDataset, sampler: PromptSampler,
+                 sampling: SamplingConfig, seed: int, ahead: int, total_steps: int):
+        self.engines, self.scorer, self.dataset, self.sampler = engines, scorer, dataset, sampler
+        self.sampling, self.seed, self.ahead, self.total_steps = sampling, seed, ahead, total_steps
+        self._queue: deque[_InFlight] = deque()
+
+    def next(self, step: int, attempt: int = 0) -> tuple[RolloutBatch, dict[str, float]]:
+        """Collective: step ``step``'s batch (``attempt`` > 0: one more batch for dynamic sampling, on-policy
+        only). Tops the queue up first, so the engines start on later steps before this one is waited for."""
+        if attempt:
+            entry = self._draw(step, f"{step}/{attempt}")
+        else:
+            while len(self._queue) <= self.ahead and (not self._queue or step + len(self._queue) < self.total_steps):
+                self._queue.append(self._draw(step + len(self._queue), step + len(self._queue)))
+            entry = self._queue.popleft()
+        start = time.perf_counter()
+        samples = self.engines.collect(entry.pending)
+        waited = time.perf_counter() - start
+        batch, metrics = score_samples(self.scorer, entry.items, samples, self.sampling)
+        staleness = (step - batch.versions).float()
+        metrics.update({"rollout/staleness_mean": float(staleness.mean()), "rollout/staleness_max": float(
+            staleness.max()), "time/rollout_wait": waited, **self.engines.metrics(),
+            "data/epoch": float(entry.sampler_before["epoch"]), "data/batch": float(entry.sampler_before["step"])})
+        return batch, metrics
+
+    def _draw(self, step: int, seed_key: int | str) -> _InFlight:
+        before = copy.deepcopy(self.sampler.state_dict())
+        items = self.dataset.select(self.sampler.next_batch())
+        pending = self.engines.submit([it.prompt_ids for it in items], self.sampling, step_seed(self.seed, seed_key))
+        return _InFlight(step, items, pending, before)
+
+    def sampler_state(self) -> dict:
+        """What a checkpoint saves: the sampler before the oldest batch in flight, so a resumed run draws
+        that batch again (no prompt lost, none used twice); with nothing in flight, the sampler itself."""
+        return self._queue[0].sampler_before if self._queue else self.sampler.state_dict()
 
 
 def _batch_metrics(batch: RolloutBatch) -> dict[str, float]:
@@ -108,7 +141,7 @@ def _batch_metrics(batch: RolloutBatch) -> dict[str, float]:
 
 
 def _reward_stats(stats: list[dict[str, float]]) -> dict[str, float]:
-    """Grader counters summed over engines (timeouts, crashes, errors); seconds is the slowest rank's."""
+    """Grader counters summed over ranks (timeouts, crashes, errors); seconds is the slowest rank's."""
     keys = ("reward/timeouts", "reward/worker_crashes", "reward/errors")
     out = {k: sum(s.get(k, 0.0) for s in stats) for k in keys}
     out["reward/seconds"] = max((s.get("reward/seconds", 0.0) for s in stats), default=0.0)

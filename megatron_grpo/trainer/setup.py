@@ -27,7 +27,9 @@ from megatron_grpo.model import ModelArch, load_arch
 from megatron_grpo.model.arch import hf_config_path
 from megatron_grpo.model.policy import MegatronPolicy
 from megatron_grpo.platform import DTYPES
+from megatron_grpo.rollout.groups import EngineGroup
 from megatron_grpo.trainer.colocate import Colocation
+from megatron_grpo.trainer.rollout import RolloutQueue
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +42,14 @@ class Run:
     arch: ModelArch
     tokenizer: object
     dataset: PromptDataset
-    sampler: PromptSampler          # global batches: every rank sees all B prompts (rank 0 generates them)
+    sampler: PromptSampler          # global batches: every rank sees all B prompts
     total_steps: int
     policy: MegatronPolicy
-    engine: object                  # this rank's colocated rollout engine
+    engines: EngineGroup            # every engine of the run, in its placement
     scorer: object                  # this rank's reward workers
     eval_sets: list
     colocation: Colocation          # who holds the accelerator in each stage of a step
+    rollouts: RolloutQueue          # the batches in flight ahead of training
     step: int = 0                   # last completed step
     nonfinite_streak: int = 0
 
@@ -103,16 +106,18 @@ def build_run(cfg: Config, run_dir: Path) -> Run:
         hf_weights = HFCheckpoint(cfg.model.hf_checkpoint)
     policy = MegatronPolicy(arch, cfg.model, cfg.parallel, cfg.optim, total_steps, hf_weights, cfg.trainer.seed)
     from megatron_grpo import reward
-    from megatron_grpo.rollout.vllm_engine import build_engine
+    from megatron_grpo.rollout.groups import build_engines
 
     model_dir, has_weights = engine_model_dir(cfg, run_dir, env.rank)
-    # All ranks build together: vLLM's own groups are made collectively over the trainer's world.
-    engine = build_engine(model_dir, cfg.model.tokenizer, cfg.rollout, cfg.rollout.engine_dtype(cfg.model.dtype),
-                          load_weights=has_weights)
+    engines = build_engines(cfg.rollout, model_dir, cfg.model.tokenizer, cfg.rollout.engine_dtype(cfg.model.dtype),
+                            load_weights=has_weights)
     scorer = reward.from_config(cfg.reward)
-    colocation = Colocation(engine, policy, cfg.rollout.colocated and cfg.rollout.offload_trainer)
-    return Run(cfg, run_dir, env, arch, tokenizer, dataset, sampler, total_steps, policy, engine, scorer, eval_sets,
-               colocation)
+    colocated = cfg.rollout.placement == "colocated"
+    colocation = Colocation(engines.local, policy, colocated and cfg.rollout.offload_trainer)
+    rollouts = RolloutQueue(engines, scorer, dataset, sampler, cfg.rollout.train, cfg.trainer.seed,
+                            cfg.rollout.max_staleness, total_steps)
+    return Run(cfg, run_dir, env, arch, tokenizer, dataset, sampler, total_steps, policy, engines, scorer, eval_sets,
+               colocation, rollouts)
 
 
 def _eval_sets(cfg: Config, tokenizer) -> list:
@@ -151,7 +156,7 @@ def trainer_state(run: Run) -> dict:
     """JSON-serialisable state saved next to the model: position, counters and RNG states (host, numpy,
     Python, and on CUDA this rank's device generator and Megatron's tracker streams)."""
     rng = {"torch": platform.rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    return {"step": run.step, "sampler": run.sampler.state_dict(), "nonfinite_streak": run.nonfinite_streak,
+    return {"step": run.step, "sampler": run.rollouts.sampler_state(), "nonfinite_streak": run.nonfinite_streak,
             "rng": base64.b64encode(pickle.dumps(rng)).decode()}
 
 

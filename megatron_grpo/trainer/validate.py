@@ -1,19 +1,21 @@
-"""Evaluation on every rank's engine: validation during training and the ``megatron-grpo eval`` command."""
+"""Evaluation on the run's engines: validation during training and the ``megatron-grpo eval`` command."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
-from megatron_grpo.eval import EvalMetrics, EvalSet, answer_key_for, evaluate, grade_with, write_report
-from megatron_grpo.trainer.rollout import AllEngines
-from megatron_grpo.trainer.setup import Run
+from megatron_grpo.config import Config, ConfigError
+from megatron_grpo.eval import EvalMetrics, EvalSet, answer_key_for, evaluate, grade_with, load_eval_sets, write_report
+from megatron_grpo.trainer.setup import Run, build_run
 
 
 def evaluate_run(run: Run, sets: list[EvalSet], out_dir: Path, name: str) -> EvalMetrics:
     """Collective: the prompts are split over all engines (the samples are those one engine would draw),
     every rank grades them all, rank 0 writes the report ``out_dir/name.{json,md}``."""
     cfg = run.cfg
-    result = evaluate(AllEngines(run.engine), sets, cfg.rollout.val, k=cfg.eval.k,
+    result = evaluate(run.engines, sets, cfg.rollout.val, k=cfg.eval.k,
                       grade=grade_with(run.scorer, cfg.reward.correct_score), answer_key=answer_key_for(cfg.reward),
                       seed=cfg.eval.seed)
     if run.is_rank0:
@@ -26,3 +28,29 @@ def validate(run: Run) -> dict[str, float]:
     if not run.eval_sets:
         return {}
     return evaluate_run(run, run.eval_sets, run.run_dir / "eval", f"step_{run.step:06d}").flat("eval")
+
+
+def run_eval(cfg: Config, ckpt: str | None = None, hf: str | None = None, out: str | None = None) -> int:
+    """``megatron-grpo eval``. HF directory: the engines load it directly. Megatron checkpoint: the policy
+    loads it (any layout) and the refit streams it into the engines, exactly as during training."""
+    from megatron_grpo.checkpoint import load_checkpoint
+    from megatron_grpo.refit.stream import refit
+
+    if not cfg.eval.sets:
+        raise ConfigError("eval.sets: no evaluation sets configured")
+    if hf:
+        cfg = replace(cfg, model=replace(cfg.model, hf_checkpoint=hf))
+    run = build_run(cfg, Path(cfg.trainer.run_dir))
+    try:
+        if ckpt:
+            load_checkpoint(ckpt, run.policy, load_optimizer=False)
+        refit(run.policy, run.engines.local, run.engine_dtype)
+        sets = run.eval_sets or load_eval_sets(cfg.eval, cfg.data, run.tokenizer)
+        out_dir = Path(out) if out else Path(cfg.trainer.run_dir) / "eval"
+        metrics = evaluate_run(run, sets, out_dir, "eval")  # every engine takes a share
+        if run.is_rank0:
+            print(json.dumps(metrics.flat("eval"), indent=2))
+    finally:
+        run.scorer.close()
+        run.engines.close()
+    return 0

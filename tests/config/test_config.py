@@ -43,6 +43,10 @@ def test_overrides_parse_types_and_paths_relative_to_cwd(tmp_path, monkeypatch):
     (["algo.loss_agg_mode=mean"], "loss_agg_mode: 'mean' is not one of"),
     (["parallel.sequence_parallel=true"], "sequence_parallel: needs tensor > 1"),
     (["rollout.train.max_response_length=100"], "exceeds max_model_len 64"),
+    (["rollout.placement=disaggregated", "rollout.max_staleness=1", "algo.rollout_is=none"],
+     "rollout.max_staleness: off-policy samples need algo.rollout_is"),
+    (["rollout.placement=disaggregated", "rollout.max_staleness=1", "algo.dynamic_sampling=true"],
+     "rollout.max_staleness: dynamic sampling regenerates"),
     (["model.dtype=fp8"], "model.dtype: 'fp8' is not one of ['fp32', 'bf16', 'fp16']"),
     (["nonsense"], "override 'nonsense' must look like key.path=value"),
 ])

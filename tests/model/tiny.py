@@ -1,4 +1,4 @@
-"""Tiny Qwen3 shapes and reference weights shared by the model/convert/reshard tests."""
+"""Tiny Qwen3 shapes and reference weights shared by the model/convert/refit tests."""
 
 from __future__ import annotations
 

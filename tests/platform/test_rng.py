@@ -27,7 +27,9 @@ class _Sampler:
 
 
 def _run(step=0):
-    return types.SimpleNamespace(step=step, sampler=_Sampler(), nonfinite_streak=0)
+    sampler = _Sampler()
+    return types.SimpleNamespace(step=step, sampler=sampler, nonfinite_streak=0,
+                                 rollouts=types.SimpleNamespace(sampler_state=sampler.state_dict))
 
 
 def test_cuda_generator_and_tracker_states_round_trip(monkeypatch):

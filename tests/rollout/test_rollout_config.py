@@ -15,7 +15,12 @@ from megatron_grpo.config.rollout import RolloutConfig
         ({"kv_cache_gb": 0}, "kv_cache_gb"),
         ({"tensor_parallel": 0}, "tensor_parallel"),
         ({"max_model_len": 1024}, "train.max_response_length"),
-        ({"colocate": True}, "did you mean 'colocated'"),
+        ({"placment": "colocated"}, "did you mean 'placement'"),
+        ({"placement": "remote"}, "placement"),
+        ({"tensor_parallel": 2}, "tensor_parallel: 2 needs placement: disaggregated"),
+        ({"max_staleness": 1}, "max_staleness: generating ahead needs placement: disaggregated"),
+        ({"placement": "disaggregated", "launch_engines": False}, "engine_port"),
+        ({"placement": "disaggregated", "num_engines": 0}, "num_engines"),
     ],
 )
 def test_bad_values_name_the_key(data, message):
@@ -25,4 +30,4 @@ def test_bad_values_name_the_key(data, message):
 
 def test_defaults_are_valid():
     cfg = from_dict(RolloutConfig, {"train": {"stop": ["</answer>"]}})
-    assert cfg.train.stop == ["</answer>"] and cfg.colocated
+    assert cfg.train.stop == ["</answer>"] and cfg.placement == "colocated"

@@ -45,6 +45,16 @@ def wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen, timeout: flo
     raise AssertionError(f"run did not reach step {step} (exit code {proc.poll()})")
 
 
+def stop_with_sigterm(run_dir: Path, overrides: list[str], at_step: int = 2) -> tuple[int, str]:
+    """Start the run, SIGTERM it once it logged ``at_step``; its exit code and stderr."""
+    proc = subprocess.Popen(cmd(run_dir, *overrides), env=env(), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    wait_for_step(run_dir, at_step, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    return proc.returncode, err
+
+
 def kill_and_resume(run_dir: Path, overrides: list[str], kills: int, last_step: int, seed: int = 0) -> int:
     """SIGKILL the run ``kills`` times at random moments (rollout, update, refit, or inside a checkpoint
     save), restarting it each time, then let it finish. Returns the number of kills made."""

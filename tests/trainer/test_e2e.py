@@ -4,7 +4,6 @@ learning, exact resume after kill -9, SIGTERM save-and-exit, DP2/TP2 = 1 process
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 
 from megatron_grpo.trainer.logger import read_metrics
 from megatron_grpo.trainer.signals import EXIT_REQUEUE
-from tests.trainer.harness import QUIET, REPO, cmd, env, kill_and_resume, mismatches, train, wait_for_step
+from tests.trainer.harness import QUIET, REPO, env, kill_and_resume, mismatches, stop_with_sigterm, train
 
 pytestmark = pytest.mark.slow
 
@@ -59,12 +58,8 @@ def test_metrics_of_a_run_killed_before_its_first_checkpoint_are_replaced(tmp_pa
 
 
 def test_sigterm_saves_checkpoint_and_exits_for_requeue(tmp_path):
-    proc = subprocess.Popen(cmd(tmp_path, "trainer.max_steps=200", "checkpoint.save_freq=0"), env=env(),
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    wait_for_step(tmp_path, 2, proc)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == EXIT_REQUEUE, err[-3000:]
+    code, err = stop_with_sigterm(tmp_path, ["trainer.max_steps=200", "checkpoint.save_freq=0"])
+    assert code == EXIT_REQUEUE, err[-3000:]
     last = read_metrics(tmp_path)[-1]["step"]
     assert last < 200
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == f"step_{last}"

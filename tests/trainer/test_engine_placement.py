@@ -16,24 +16,24 @@ def _bf16_engine_after_refit(run_dir: str) -> dict:
     from megatron_grpo.config import load_config
     from megatron_grpo.launch import shutdown
     from megatron_grpo.plan.trace import full_length_rollout
-    from megatron_grpo.reshard.refit import refit
+    from megatron_grpo.refit.stream import refit
     from megatron_grpo.trainer.probe import logprob_probe
     from megatron_grpo.trainer.setup import build_run
 
     cfg = load_config(None, ["rollout.dtype=bf16", "trainer.test_freq=0", "logging.progress_bar=false"])
     run = build_run(cfg, Path(run_dir))
     try:
-        metrics = refit(run.policy, run.engine, run.engine_dtype)
-        held = run.engine._llm.collective_rpc(
+        metrics = refit(run.policy, run.engines.local, run.engine_dtype)
+        held = run.engines.local._llm.collective_rpc(
             lambda worker: sorted({str(p.dtype) for p in worker.model_runner.get_model().parameters()}))[0]
-        probe = logprob_probe(run.policy, run.engine, full_length_rollout(cfg, 1, 1)[0])
+        probe = logprob_probe(run.policy, run.engines, full_length_rollout(cfg, 1, 1)[0])
         return {"policy": str(run.policy.dtype), "engine": str(run.engine_dtype), "held": held,
                 "checksum_ok": metrics["refit/checksum_ok"], "probe": probe["rollout/logprob_abs_diff"],
                 "bytes_per_param": metrics["refit/bytes"] / sum(p.numel() for p in run.policy.model[0].parameters()),
                 "auto_on_cpu": load_config(None).rollout.engine_dtype("fp32")}
     finally:
         run.scorer.close()
-        run.engine.close()
+        run.engines.close()
         shutdown()
 
 

@@ -18,7 +18,7 @@ class _Engine:
 def _verdicts(held_by_case: dict[str, list]) -> dict[str, float | None]:
     import torch.distributed as dist
 
-    from megatron_grpo.reshard.refit import _checksums_ok
+    from megatron_grpo.refit.stream import _checksums_ok
 
     dist.init_process_group("gloo")
     rank = dist.get_rank()

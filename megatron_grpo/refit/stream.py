@@ -1,14 +1,16 @@
 """Refit: stream the trained Megatron shards into the rollout engines as HF-named full tensors.
 
-Colocated layout: every rank holds an engine with the full model (rollout TP 1 on CPU), so every rank
-must receive every tensor. Any TP/PP/DP layout works: pipeline stage by stage, the stage's TP ranks
-all-gather each HF tensor from their slices of it (``convert.weights.stage_hf_tensors``), then each
-pipeline group broadcasts it from that stage to the other stages (every rank knows every stage's names and
-shapes from Megatron's layer placement, so nothing but the tensors crosses the wire). Data-parallel replicas
-hold identical weights after the optimizer step and stream in parallel, each within its own pipeline
-groups. Each engine takes the tensors lazily and copies them into its weights in place, bucket by bucket:
-the extra memory is one bucket plus the tensor in flight (at most twice the largest HF tensor). Measured
-in docs/refit.md.
+Every rank yields every HF tensor; what a rank does with it is its engine handle's business: colocated,
+each rank's own TP-1 engine takes it; disaggregated, rank 0's ``RemoteEngines`` broadcasts it to every
+engine worker over the weight-transfer group (``refit.transfer``) and the other ranks drop it.
+
+Any TP/PP/DP layout works: pipeline stage by stage, the stage's TP ranks all-gather each HF tensor from
+their slices of it (``convert.weights.stage_hf_tensors``), then each pipeline group broadcasts it from that
+stage to the other stages (every rank knows every stage's names and shapes from Megatron's layer placement,
+so nothing but the tensors crosses the wire). Data-parallel replicas hold identical weights after the
+optimizer step and stream in parallel, each within its own pipeline groups. Each engine takes the tensors
+lazily and copies them into its weights in place, bucket by bucket: the extra memory is one bucket plus the
+tensor in flight (at most twice the largest HF tensor). Measured in docs/refit.md.
 
 Before anything moves, every engine checks the full manifest (every HF name, shape and dtype, derived
 from the weight mapping), so a mismatch leaves all engines' previous weights untouched.
@@ -87,9 +89,11 @@ def full_weights(policy: MegatronPolicy, dtype: torch.dtype) -> Iterator[tuple[s
             raise RuntimeError(f"refit: stage {stage} produced '{extra[0]}', which its manifest does not list")
 
 
-def _engine_verdict(policy: MegatronPolicy, engine: RolloutEngine, dtype: torch.dtype) -> str | None:
+def _engine_verdict(policy: MegatronPolicy, engine: RolloutEngine | None, dtype: torch.dtype) -> str | None:
     """Why this rank's engine cannot take the update, or None. Any exception becomes a verdict: a rank
     that raised here alone would leave the others blocked in the collectives that follow."""
+    if engine is None:
+        return None
     full = manifest(policy, dtype)
     try:
         engine.check_manifest(full)
@@ -108,7 +112,7 @@ def _engine_verdict(policy: MegatronPolicy, engine: RolloutEngine, dtype: torch.
     return None
 
 
-def _check_manifest_everywhere(policy: MegatronPolicy, engine: RolloutEngine, dtype: torch.dtype) -> None:
+def _check_manifest_everywhere(policy: MegatronPolicy, engine: RolloutEngine | None, dtype: torch.dtype) -> None:
     """Every engine checks the manifest; all ranks learn every verdict, so nobody streams into a rejected
     update (which would leave the other ranks blocked in a broadcast)."""
     verdicts = [None] * dist.get_world_size()
@@ -118,8 +122,10 @@ def _check_manifest_everywhere(policy: MegatronPolicy, engine: RolloutEngine, dt
         raise RefitError(f"refit rejected, engines keep their weights: {errors[0]}")
 
 
-def refit(policy: MegatronPolicy, engine: RolloutEngine, dtype: torch.dtype, check: bool = True) -> dict[str, float]:
-    """Push the policy's current weights into this rank's ``engine``. Collective over all ranks.
+def refit(policy: MegatronPolicy, engine: RolloutEngine | None, dtype: torch.dtype, check: bool = True,
+          version: int = 0) -> dict[str, float]:
+    """Push the policy's current weights, policy ``version``, into this rank's ``engine`` (None: this
+    rank only helps gather them). Collective over all ranks.
 
     With ``check``, every engine's ``weight_checksums`` afterwards must equal the checksums of what was
     sent (``refit/checksum_ok`` is 1 only if all ranks agree); a mismatch is logged naming the tensor."""
@@ -131,12 +137,17 @@ def refit(policy: MegatronPolicy, engine: RolloutEngine, dtype: torch.dtype, che
         for name, tensor in stream:
             sent["bytes"] += tensor.numel() * tensor.element_size()
             sent["tensors"] += 1
-            if check:
+            if check and engine is not None:
                 sums[name] = checksum(tensor)
             yield name, tensor
 
     _check_manifest_everywhere(policy, engine, dtype)
-    engine.update_weights(counted(full_weights(policy, dtype)))
+    stream = counted(full_weights(policy, dtype))
+    if engine is not None:
+        engine.update_weights(stream, version=version)
+    else:
+        for _ in stream:
+            pass
     metrics = {"refit/seconds": time.perf_counter() - start, "refit/bytes": float(sent["bytes"]),
                "refit/tensors": float(sent["tensors"])}
     if check:
@@ -147,9 +158,13 @@ def refit(policy: MegatronPolicy, engine: RolloutEngine, dtype: torch.dtype, che
     return metrics
 
 
-def _checksums_ok(engine: RolloutEngine, sent: dict[str, float]) -> float | None:
+def _checksums_ok(engine: RolloutEngine | None, sent: dict[str, float]) -> float | None:
     """Collective: 1.0 if every rank's engine holds what its stream sent, else 0.0 (mismatches logged);
-    None if an engine cannot read its weights back (engine TP > 1)."""
+    None if an engine cannot read its weights back (engine TP > 1). Ranks without an engine abstain."""
+    if engine is None:
+        verdicts = [None] * dist.get_world_size()
+        dist.all_gather_object(verdicts, "abstain")
+        return _verdict(verdicts)
     held = engine.weight_checksums()
     bad = [name for name, value in sent.items() if held and name in held and not checksums_agree(value, held[name])]
     if bad:
@@ -157,4 +172,9 @@ def _checksums_ok(engine: RolloutEngine, sent: dict[str, float]) -> float | None
                   "sent %.9g, engine %.9g", dist.get_rank(), bad[0], len(bad), sent[bad[0]], held[bad[0]])
     verdicts = [None] * dist.get_world_size()
     dist.all_gather_object(verdicts, None if held is None else not bad)  # objects: any backend, no device
-    return None if None in verdicts else float(all(verdicts))
+    return _verdict(verdicts)
+
+
+def _verdict(verdicts: list) -> float | None:
+    votes = [v for v in verdicts if v != "abstain"]
+    return None if None in votes else float(all(votes))

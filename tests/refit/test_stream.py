@@ -17,7 +17,7 @@ import torch
 
 from tests.dist import run_distributed
 from tests.model.tiny import model_cfg, parallel_cfg, tiny_hf_config
-from tests.reshard.rss import peak_rss_growth
+from tests.refit.rss import peak_rss_growth
 from tests.rollout.rollout_helpers import SEQUENCES, TINY, engine_config, mean_abs_diff
 
 pytestmark = pytest.mark.slow
@@ -78,7 +78,7 @@ def _greedy(policy, engine) -> dict:
 
 def _refit_case(policy, engine) -> dict:
     """Engine vs Megatron before and after one refit, with the refit's peak RSS growth."""
-    from megatron_grpo.reshard.refit import refit
+    from megatron_grpo.refit.stream import refit
 
     before = mean_abs_diff(_engine_scores(engine), _policy_scores(policy))
     metrics, rss = peak_rss_growth(lambda: refit(policy, engine, torch.float32))
@@ -88,7 +88,7 @@ def _refit_case(policy, engine) -> dict:
 
 def _step_case(policy, engine) -> dict:
     """One optimizer step: the engine keeps the old model until the refit, then has the new one."""
-    from megatron_grpo.reshard.refit import _checksums_ok, full_weights, refit
+    from megatron_grpo.refit.stream import _checksums_ok, full_weights, refit
     from megatron_grpo.rollout.weight_specs import checksum
 
     old_scores, old = _policy_scores(policy), _greedy(policy, engine)
@@ -106,7 +106,7 @@ def _step_case(policy, engine) -> dict:
 
 def _mismatch_case(policy, engine) -> dict:
     """A refit the engine must reject: the error, and the engine's scores before and after it."""
-    from megatron_grpo.reshard.refit import RefitError, refit
+    from megatron_grpo.refit.stream import RefitError, refit
 
     before = _engine_scores(engine)
     try:
@@ -119,7 +119,7 @@ def _mismatch_case(policy, engine) -> dict:
 
 def _listed_rss(policy, engine) -> int:
     """Control for the RSS meter: the same stream materialised whole before the engine sees it."""
-    from megatron_grpo.reshard.refit import full_weights
+    from megatron_grpo.refit.stream import full_weights
 
     return peak_rss_growth(lambda: engine.update_weights(list(full_weights(policy, torch.float32))))[1]
 

@@ -1,0 +1,127 @@
+"""Engine groups: every engine of a run, seen by the trainer as one. The loop does not know the placement.
+
+Every trainer rank holds an ``EngineGroup``; its methods are collective over the trainer's world, and
+every rank gets every sample back. ``local`` is what this rank's refit streams into (None: nothing).
+
+    colocated       one TP-1 engine inside every trainer rank, sharing its GPU (``VllmEngine``); a batch
+                    is split over all of them
+    disaggregated   ``rollout.num_engines`` engines of ``rollout.tensor_parallel`` workers each, in
+                    processes of their own (``rollout.server``), driven by trainer rank 0
+                    (``RemoteEngines``); a batch is split over them, and ``submit`` returns while they
+                    generate, which is what lets a step's generation overlap the previous update
+
+Prompt i of a call is seeded as prompt i wherever it lands, so the samples do not depend on the
+placement or the number of engines. A placement is one entry of ``PLACEMENTS``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch.distributed as dist
+
+from megatron_grpo.config.rollout import RolloutConfig, SamplingConfig
+from megatron_grpo.rollout.types import RolloutEngine, Sample, chunk
+
+
+class EngineGroup:
+    local: RolloutEngine | None
+
+    def submit(self, prompts: list[list[int]], sampling: SamplingConfig, seed: int, first_index: int = 0):
+        """Start generating ``sampling.n`` samples per prompt; ``collect`` returns them."""
+        raise NotImplementedError
+
+    def collect(self, pending) -> list[list[Sample]]:
+        """Collective: every rank gets result[i][j], sample j of prompt i."""
+        raise NotImplementedError
+
+    def generate(self, prompts: list[list[int]], sampling: SamplingConfig, seed: int,
+                 first_index: int = 0) -> list[list[Sample]]:
+        return self.collect(self.submit(prompts, sampling, seed, first_index))
+
+    def score_each(self, sequences: list[list[int]], prompt_lens: list[int]) -> list[list[list[float]]]:
+        """Rank 0: each engine's log-probs of the given tokens (the refit probe); elsewhere []."""
+        raise NotImplementedError
+
+    def metrics(self) -> dict[str, float]:
+        """Engine-side counters since the last call (rank 0)."""
+        return {}
+
+    def close(self) -> None:
+        if self.local is not None:
+            self.local.close()
+
+
+class ColocatedEngines(EngineGroup):
+    def __init__(self, engine: RolloutEngine):
+        self.local = engine
+
+    def submit(self, prompts, sampling, seed, first_index=0):
+        mine = chunk(len(prompts), dist.get_world_size(), dist.get_rank())
+        return (self.local.generate([prompts[i] for i in mine], sampling, seed, first_index=first_index + mine.start)
+                if mine else [])
+
+    def collect(self, pending) -> list[list[Sample]]:
+        parts = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, pending)
+        return [group for p in parts for group in p]
+
+    def score_each(self, sequences, prompt_lens):
+        return [self.local.score(sequences, prompt_lens)] if dist.get_rank() == 0 else []
+
+
+class DisaggregatedEngines(EngineGroup):
+    def __init__(self, remote):
+        self.local = remote  # RemoteEngines on rank 0, None elsewhere
+
+    def submit(self, prompts, sampling, seed, first_index=0):
+        return self.local.submit(prompts, sampling, seed, first_index) if self.local is not None else None
+
+    def collect(self, pending) -> list[list[Sample]]:
+        box = [self.local.result(pending) if self.local is not None else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def score_each(self, sequences, prompt_lens):
+        return self.local.score_each(sequences, prompt_lens) if self.local is not None else []
+
+    def metrics(self) -> dict[str, float]:
+        if self.local is None:
+            return {}
+        idle, self.local.idle_seconds = self.local.idle_seconds, [0.0] * self.local.count
+        return {"engine/idle_s": max(idle)}
+
+
+def _colocated(cfg: RolloutConfig, model_dir: Path, tokenizer_dir: str, dtype: str, load_weights: bool) -> EngineGroup:
+    from megatron_grpo.rollout.vllm_engine import build_engine
+
+    # All ranks build together: vLLM's own groups are made collectively over the trainer's world.
+    return ColocatedEngines(build_engine(model_dir, tokenizer_dir, cfg, dtype, load_weights=load_weights))
+
+
+def _disaggregated(cfg: RolloutConfig, model_dir: Path, tokenizer_dir: str, dtype: str,
+                   load_weights: bool) -> EngineGroup:
+    from megatron_grpo import platform
+
+    remote = None
+    if dist.get_rank() == 0:
+        from megatron_grpo.rollout.remote import connect_engines
+
+        # spawned engines are on this node; engines elsewhere reach rank 0 where the trainer's world does
+        host = "127.0.0.1" if cfg.launch_engines else os.environ.get("MASTER_ADDR", "127.0.0.1")
+        first_gpu = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # the trainer's GPUs come first
+        remote = connect_engines(cfg, model_dir, tokenizer_dir, dtype, load_weights, host,
+                                 platform.dist_backend(), platform.device(), first_gpu)
+    dist.barrier()
+    return DisaggregatedEngines(remote)
+
+
+PLACEMENTS: dict[str, Callable[..., EngineGroup]] = {"colocated": _colocated, "disaggregated": _disaggregated}
+
+
+def build_engines(cfg: RolloutConfig, model_dir: Path, tokenizer_dir: str, dtype: str,
+                  load_weights: bool) -> EngineGroup:
+    """Collective: the run's engines, placed as ``cfg.placement`` says."""
+    return PLACEMENTS[cfg.placement](cfg, model_dir, tokenizer_dir, dtype, load_weights)
