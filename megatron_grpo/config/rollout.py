@@ -124,8 +124,6 @@ class RolloutConfig:
             raise ConfigError(f"tensor_parallel: must be >= 1, got {self.tensor_parallel}")
         if self.refit_bucket_mb < 1:
             raise ConfigError("refit_bucket_mb: must be >= 1")
-        if self.placement not in ("colocated", "disaggregated"):
-            raise ConfigError(f"placement: {self.placement!r} is not one of colocated, disaggregated")
         if self.num_engines < 1:
             raise ConfigError(f"num_engines: must be >= 1, got {self.num_engines}")
         if not 0 <= self.engine_port < 65536:

@@ -161,20 +161,19 @@ def refit(policy: MegatronPolicy, engine: RolloutEngine | None, dtype: torch.dty
 def _checksums_ok(engine: RolloutEngine | None, sent: dict[str, float]) -> float | None:
     """Collective: 1.0 if every rank's engine holds what its stream sent, else 0.0 (mismatches logged);
     None if an engine cannot read its weights back (engine TP > 1). Ranks without an engine abstain."""
-    if engine is None:
-        verdicts = [None] * dist.get_world_size()
-        dist.all_gather_object(verdicts, "abstain")
-        return _verdict(verdicts)
+    verdicts = [None] * dist.get_world_size()
+    vote = "abstain" if engine is None else _holds_what_was_sent(engine, sent)
+    dist.all_gather_object(verdicts, vote)  # objects: any backend, no device
+    votes = [v for v in verdicts if v != "abstain"]
+    return None if None in votes else float(all(votes))
+
+
+def _holds_what_was_sent(engine: RolloutEngine, sent: dict[str, float]) -> bool | None:
     held = engine.weight_checksums()
-    bad = [name for name, value in sent.items() if held and name in held and not checksums_agree(value, held[name])]
+    if held is None:
+        return None
+    bad = [name for name, value in sent.items() if name in held and not checksums_agree(value, held[name])]
     if bad:
         log.error("refit checksum: rank %d's engine does not hold what was sent for %s (%d tensors in all): "
                   "sent %.9g, engine %.9g", dist.get_rank(), bad[0], len(bad), sent[bad[0]], held[bad[0]])
-    verdicts = [None] * dist.get_world_size()
-    dist.all_gather_object(verdicts, None if held is None else not bad)  # objects: any backend, no device
-    return _verdict(verdicts)
-
-
-def _verdict(verdicts: list) -> float | None:
-    votes = [v for v in verdicts if v != "abstain"]
-    return None if None in votes else float(all(votes))
+    return not bad

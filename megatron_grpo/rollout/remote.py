@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, Listener
 from pathlib import Path
 
@@ -37,15 +36,6 @@ class EngineError(RuntimeError):
     """An engine process failed a request or went away; the message names the engine."""
 
 
-@dataclass
-class Pending:
-    """A generation in flight: one request per engine, and which prompts each one holds."""
-
-    tickets: list[tuple[int, int]]
-    parts: list[range]
-    submitted: float
-
-
 class RemoteEngines:
     """Build with ``connect_engines``."""
 
@@ -55,7 +45,6 @@ class RemoteEngines:
         self._read = [0] * len(conns)
         self._stash: dict[tuple[int, int], tuple] = {}
         self.idle_seconds = [0.0] * len(conns)  # engine side of the wait: time spent with nothing to do
-        self.version = 0
 
     @property
     def count(self) -> int:
@@ -88,8 +77,11 @@ class RemoteEngines:
         return result
 
     def _call_all(self, name: str, *args) -> list:
-        """``name`` on every engine; every reply is read before the first error is raised."""
-        tickets = [self._send(i, name, *args) for i in range(self.count)]
+        """``name`` on every engine."""
+        return self._replies([self._send(i, name, *args) for i in range(self.count)])
+
+    def _replies(self, tickets: list[tuple[int, int]]) -> list:
+        """Every reply is read before the first error is raised: no engine's answer is left in the pipe."""
         results, errors = [], []
         for t in tickets:
             try:
@@ -107,15 +99,16 @@ class RemoteEngines:
 
     # ---- generation -------------------------------------------------------------------------------
 
-    def submit(self, prompts: list[list[int]], sampling: SamplingConfig, seed: int, first_index: int = 0) -> Pending:
-        """Start generating; prompt i is seeded as prompt ``first_index + i`` wherever it lands."""
+    def submit(self, prompts: list[list[int]], sampling: SamplingConfig, seed: int,
+               first_index: int = 0) -> list[tuple[int, int]]:
+        """Start generating, one request per engine; prompt i is seeded as prompt ``first_index + i``
+        wherever it lands. Returns the requests' tickets, for ``result``."""
         parts = [chunk(len(prompts), self.count, i) for i in range(self.count)]
-        tickets = [self._send(i, "generate", [prompts[j] for j in part], sampling, seed, first_index + part.start)
-                   for i, part in enumerate(parts) if part]
-        return Pending(tickets, [p for p in parts if p], time.perf_counter())
+        return [self._send(i, "generate", [prompts[j] for j in part], sampling, seed, first_index + part.start)
+                for i, part in enumerate(parts) if part]
 
-    def result(self, pending: Pending) -> list[list[Sample]]:
-        return [group for t in pending.tickets for group in self._reply(t)]
+    def result(self, tickets: list[tuple[int, int]]) -> list[list[Sample]]:
+        return [group for t in tickets for group in self._reply(t)]
 
     def generate(self, prompts: list[list[int]], sampling: SamplingConfig, seed: int,
                  first_index: int = 0) -> list[list[Sample]]:
@@ -141,21 +134,13 @@ class RemoteEngines:
         except BaseException:
             self._abort()
             raise
-        self.version = version
 
     def _send_bucket(self, bucket: list[tuple[str, torch.Tensor]]) -> None:
         metas, flat = transfer.pack(bucket)
         self._call_all("check_bucket", metas)  # nobody receives a bucket one of them rejects
         tickets = [self._send(i, "receive_bucket", metas) for i in range(self.count)]
         transfer.send(self._group, flat)
-        errors = []
-        for t in tickets:
-            try:
-                self._reply(t)
-            except (EngineError, WeightMismatchError) as exc:
-                errors.append(exc)
-        if errors:
-            raise errors[0]
+        self._replies(tickets)
 
     def _abort(self) -> None:
         try:
@@ -267,9 +252,8 @@ def connect_engines(cfg: RolloutConfig, model_dir: Path, tokenizer_dir: str, dty
         conns[index] = conn
     listener.close()
     address = transfer.Address(host, free_port(), 1 + cfg.num_engines * cfg.tensor_parallel, backend)
-    rollout = replace(cfg, launch_engines=False)
     for i, conn in enumerate(conns):
-        conn.send(EngineSpec(str(model_dir), str(tokenizer_dir), rollout, dtype, load_weights, address,
+        conn.send(EngineSpec(str(model_dir), str(tokenizer_dir), cfg, dtype, load_weights, address,
                              1 + i * cfg.tensor_parallel))
     group = transfer.join(address, 0)
     engines = RemoteEngines(conns, group, cfg.refit_bucket_mb << 20, procs)

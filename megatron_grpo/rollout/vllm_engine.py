@@ -331,8 +331,15 @@ class VllmEngine:
 
     def update_weights_bucket(self, bucket: list[tuple[str, torch.Tensor]]) -> None:
         """Check one bucket whole, then load it (the first bucket starts an update)."""
-        self._load_checked([(n, tuple(t.shape), t.dtype) for n, t in bucket], lambda keep: self._llm.collective_rpc(
-            "grpo_load_weights", kwargs={"weights": [(n, t) for n, t in bucket if n in keep]}))
+        self._check([(n, tuple(t.shape), t.dtype) for n, t in bucket])
+        if self._pending:
+            self._applied = True
+            try:
+                self._llm.collective_rpc("grpo_load_weights",
+                                         kwargs={"weights": [(n, t) for n, t in bucket if n in self._pending]})
+            except BaseException:
+                self._abort_update()
+                raise
 
     def join_transfer(self, address, first_rank: int) -> None:
         """Every worker joins the weight-transfer group (``refit.transfer``); collective with its members."""
@@ -342,7 +349,7 @@ class VllmEngine:
         """Check a bucket about to arrive over the transfer group (``refit.transfer``) by its names,
         shapes and dtypes; raises ``WeightMismatchError`` naming the bad tensor. The sender broadcasts
         only after this check passed everywhere, so a rejected bucket never leaves it blocked."""
-        self._load_checked([(m.name, m.shape, m.dtype) for m in metas], None)
+        self._check([(m.name, m.shape, m.dtype) for m in metas])
 
     def receive_bucket(self, metas: list) -> None:
         """Take the bucket ``check_bucket`` passed: every worker receives it, checks its bytes, loads it."""
@@ -356,14 +363,12 @@ class VllmEngine:
             raise WeightMismatchError(f"{next(d for d in damaged if d)}; {self._abort_update()}")
         self._applied = self._applied or bool(self._pending)
 
-    def _load_checked(self, specs, load) -> None:
+    def _check(self, specs: list[tuple[str, tuple[int, ...], torch.dtype]]) -> None:
+        """Check a bucket (the first one starts an update); ``_pending``: the names it loads."""
         if self._stream is None:
             self._stream, self._applied = WeightStream(self._weights), False
         try:
             self._pending = set(self._stream.add(specs))
-            if load is not None and self._pending:
-                self._applied = True
-                load(self._pending)
         except WeightMismatchError as exc:
             raise WeightMismatchError(f"{exc}; {self._abort_update()}") from None
         except BaseException:

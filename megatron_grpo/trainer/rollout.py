@@ -12,7 +12,6 @@ and collected in the same step: the on-policy loop.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import time
 from collections import deque
@@ -79,7 +78,6 @@ def score_samples(scorer: RewardScorer, items: list[PromptItem], samples: list[l
 
 @dataclass
 class _InFlight:
-    step: int
     items: list[PromptItem]
     pending: object
     sampler_before: dict  # the sampler as it was before this batch was drawn
@@ -99,10 +97,10 @@ class RolloutQueue:
         """Collective: step ``step``'s batch (``attempt`` > 0: one more batch for dynamic sampling, on-policy
         only). Tops the queue up first, so the engines start on later steps before this one is waited for."""
         if attempt:
-            entry = self._draw(step, f"{step}/{attempt}")
+            entry = self._draw(f"{step}/{attempt}")
         else:
-            while len(self._queue) <= self.ahead and (not self._queue or step + len(self._queue) < self.total_steps):
-                self._queue.append(self._draw(step + len(self._queue), step + len(self._queue)))
+            while len(self._queue) <= self.ahead and step + len(self._queue) < self.total_steps:
+                self._queue.append(self._draw(step + len(self._queue)))
             entry = self._queue.popleft()
         start = time.perf_counter()
         samples = self.engines.collect(entry.pending)
@@ -114,11 +112,12 @@ class RolloutQueue:
             "data/epoch": float(entry.sampler_before["epoch"]), "data/batch": float(entry.sampler_before["step"])})
         return batch, metrics
 
-    def _draw(self, step: int, seed_key: int | str) -> _InFlight:
-        before = copy.deepcopy(self.sampler.state_dict())
+    def _draw(self, seed_key: int | str) -> _InFlight:
+        """The sampler's next batch, submitted; seeded by ``seed_key`` (the step, or step/attempt)."""
+        before = self.sampler.state_dict()  # a fresh dict of plain values
         items = self.dataset.select(self.sampler.next_batch())
         pending = self.engines.submit([it.prompt_ids for it in items], self.sampling, step_seed(self.seed, seed_key))
-        return _InFlight(step, items, pending, before)
+        return _InFlight(items, pending, before)
 
     def sampler_state(self) -> dict:
         """What a checkpoint saves: the sampler before the oldest batch in flight, so a resumed run draws
