@@ -22,6 +22,9 @@ PEAK_TFLOPS = {"fp32": 494.7, "bf16": 989.4, "fp16": 989.4}
 """Dense H100 SXM tensor-core peak per GPU; fp32 assumes TF32 matmuls (torch allow_tf32)."""
 HBM_BYTES_PER_S = 3.35e12
 """H100 SXM memory bandwidth: a decode step reads every weight of the engine once."""
+TRANSFER_BYTES_PER_S = 25e9
+"""Disaggregated refit: trainer rank 0 broadcasts every bucket to the engines once, over one 200 Gb/s
+InfiniBand link (the slowest hop when the engines are on other nodes)."""
 
 
 @dataclass(frozen=True)
@@ -41,18 +44,19 @@ class Assumptions:
     mean_response_tokens: int | None = None
     """``None`` = half of rollout.train.max_response_length."""
     engines: int | None = None
-    """Rollout engines generating; ``None`` = world / rollout.tensor_parallel (one per TP group of GPUs).
-    The trainer of this commit runs a single engine on global rank 0: ``engines=1`` models it."""
+    """Colocated rollout engines generating; ``None`` = world / rollout.tensor_parallel (one per TP group
+    of GPUs). Disaggregated placement takes ``rollout.num_engines`` instead."""
 
 
 @dataclass(frozen=True)
 class Layout:
-    world: int
+    world: int  # the trainer's GPUs
     tp: int
     pp: int
     dp: int
     rollout_tp: int
     engines: int
+    engine_gpus: int = 0  # disaggregated: GPUs that only generate (0: the engines share the trainer's)
 
 
 @dataclass(frozen=True)
@@ -109,10 +113,21 @@ class Throughput:
     gen_s: float
     refit_bytes: float  # one full copy of the weights in the engine dtype, streamed each step
     refit_buckets: int
+    refit_s: float = 0.0  # disaggregated: the broadcast to the engines (colocated: not modelled, ~0.2 s)
+    staleness: int = 0  # rollout.max_staleness: 1 overlaps generation with the previous update
+
+    @property
+    def on_policy_s(self) -> float:
+        return self.train_s + self.gen_s + self.refit_s
+
+    @property
+    def off_policy_s(self) -> float:
+        """One step off-policy: step k+1 generates while step k trains; the refit waits for both."""
+        return max(self.train_s, self.gen_s) + self.refit_s
 
     @property
     def step_s(self) -> float:
-        return self.train_s + self.gen_s
+        return self.off_policy_s if self.staleness else self.on_policy_s
 
 
 @dataclass(frozen=True)
@@ -210,8 +225,19 @@ def _plan(cfg: Config, arch: ModelArch, nodes: int, gpus_per_node: int, gpu_mem_
 
 
 def _layout(cfg: Config, arch: ModelArch, world: int, engines: int | None) -> Layout:
-    check_world(cfg, world, arch.num_attention_heads, arch.num_query_groups, arch.num_layers)
     tp, pp, rtp = cfg.parallel.tensor, cfg.parallel.pipeline, cfg.rollout.tensor_parallel
+    if cfg.rollout.placement == "disaggregated":
+        if engines is not None:
+            raise ConfigError("engines: disaggregated placement takes rollout.num_engines")
+        engine_gpus = cfg.rollout.num_engines * rtp
+        if engine_gpus >= world:
+            raise ConfigError(f"rollout.num_engines: {cfg.rollout.num_engines} engines of TP {rtp} take "
+                              f"{engine_gpus} of the job's {world} GPUs, leaving none to train")
+        world -= engine_gpus
+        check_world(cfg, world, arch.num_attention_heads, arch.num_query_groups, arch.num_layers)
+        return Layout(world=world, tp=tp, pp=pp, dp=world // (tp * pp), rollout_tp=rtp,
+                      engines=cfg.rollout.num_engines, engine_gpus=engine_gpus)
+    check_world(cfg, world, arch.num_attention_heads, arch.num_query_groups, arch.num_layers)
     if world % rtp:
         raise ConfigError(f"rollout.tensor_parallel: {rtp} does not divide the world size {world}")
     if engines is not None and not 1 <= engines <= world // rtp:
@@ -282,8 +308,11 @@ def _rollout_memory(cfg: Config, arch: ModelArch, layout: Layout, train: TrainMe
     weights_stay = not cfg.parallel.distributed_optimizer  # no contiguous weight buffer to move
     resident = (train.params if weights_stay else 0.0) if offload else train.static
     host = (train.optimizer + (0.0 if weights_stay else train.params)) if offload else 0.0
+    # Disaggregated, this is an engine GPU: no trainer state, and the refit adds only the bucket in
+    # flight (the trainer's GPUs hold their static state plus that bucket, within their training peak).
+    trainer_side = train.params + (0.0 if offload else train.grads + train.optimizer) if colocated else 0.0
     if not colocated:
-        resident, host = 0.0, 0.0  # the engines' GPUs hold no trainer state
+        resident, host = 0.0, 0.0
     seqs = cfg.data.batch_prompts * cfg.rollout.train.n
     return RolloutMemory(
         budget=budget, weights=weights, kv_cache=budget - weights,
@@ -291,8 +320,7 @@ def _rollout_memory(cfg: Config, arch: ModelArch, layout: Layout, train: TrainMe
         trainer_resident=resident,
         seq_tokens=_seq_tokens(cfg),
         seqs_per_engine=-(-seqs // layout.engines),
-        refit=train.params + (0.0 if offload else train.grads + train.optimizer) + weights
-        + min(2 * (cfg.rollout.refit_bucket_mb << 20), weights),  # never more in flight than the model
+        refit=trainer_side + weights + min(2 * (cfg.rollout.refit_bucket_mb << 20), weights),  # at most the model
         host_offload=host,
     )
 
@@ -319,6 +347,7 @@ def _throughput(cfg: Config, arch: ModelArch, layout: Layout, assume: Assumption
         train_s=train_flops / (peak * layout.world * assume.mfu),
         gen_s=max(gen_flops / (peak * layout.engines * layout.rollout_tp * assume.gen_mfu), tail),
         refit_bytes=refit, refit_buckets=math.ceil(refit / (cfg.rollout.refit_bucket_mb * 2**20)),
+        refit_s=refit / TRANSFER_BYTES_PER_S if layout.engine_gpus else 0.0, staleness=cfg.rollout.max_staleness,
     )
 
 
@@ -399,7 +428,8 @@ def _fitting_layout(cfg: Config, arch: ModelArch, nodes: int, gpus: int, trial) 
         for tp, pp in _candidates(arch, n * gpus, gpus):
             c = _with(cfg, "parallel", tensor=tp, pipeline=pp, virtual_pipeline=None,
                       sequence_parallel=cfg.parallel.sequence_parallel and tp > 1)
-            c = _with(c, "rollout", tensor_parallel=max(tp, cfg.rollout.tensor_parallel))
+            if cfg.rollout.placement == "colocated":  # an engine per TP group; disaggregated ones stay as set
+                c = _with(c, "rollout", tensor_parallel=max(tp, cfg.rollout.tensor_parallel))
             try:
                 alt = trial(c, n)
             except ConfigError:
@@ -434,24 +464,38 @@ def _gib(x: float) -> str:
 def format_plan(p: Plan) -> str:
     lo, t, r, th = p.layout, p.train, p.rollout, p.throughput
     verdict = "FITS" if p.fits else "DOES NOT FIT"
+    engines = (f"{lo.engines} rollout engine(s) of TP {lo.rollout_tp} on {lo.engine_gpus} GPUs of their own"
+               if lo.engine_gpus else f"{lo.engines} rollout engine(s) of TP {lo.rollout_tp}")
+    gpu = "per engine GPU" if lo.engine_gpus else "per GPU"
     lines = [
-        f"layout: world {lo.world} = TP {lo.tp} x PP {lo.pp} x DP {lo.dp}; "
-        f"{lo.engines} rollout engine(s) of TP {lo.rollout_tp}",
+        f"layout: {'trainer ' if lo.engine_gpus else ''}world {lo.world} = TP {lo.tp} x PP {lo.pp} x DP {lo.dp}; "
+        f"{engines}",
         f"parameters: {p.params_total / 1e9:.2f} B total, {p.params_per_gpu / 1e9:.2f} B on the largest stage per GPU",
         f"training, per GPU (GiB of {_gib(p.usable)} usable): params {_gib(t.params)}, grads {_gib(t.grads)}, "
         f"optimizer {_gib(t.optimizer)}, activations {_gib(t.activations)}, layer in backward {_gib(t.backward)}, "
         f"logits {_gib(t.logits)} -> peak {_gib(t.peak)}  [{'ok' if p.fits_train else 'OVER'}]",
-        f"generation, per GPU: vLLM {_gib(r.budget)} (weights {_gib(r.weights)}, KV cache {_gib(r.kv_cache)} = "
+        f"generation, {gpu}: vLLM {_gib(r.budget)} (weights {_gib(r.weights)}, KV cache {_gib(r.kv_cache)} = "
         f"{r.kv_tokens} tokens = {r.kv_tokens // r.seq_tokens} x {r.seq_tokens}-token sequences for "
         f"{r.seqs_per_engine} per engine) + trainer {_gib(r.trainer_resident)} (host memory {_gib(r.host_offload)} "
         f"for its offloaded state); during the refit {_gib(r.refit)}  [{'ok' if p.fits_rollout else 'OVER'}]",
-        f"step estimate: generation {th.gen_s:.0f} s + training {th.train_s:.0f} s = {th.step_s:.0f} s "
-        f"({th.train_tokens / 1e6:.2f} M tokens, {th.train_tokens / th.step_s / lo.world:.0f} tokens/s/GPU); "
-        f"refit {th.refit_bytes / GIB:.1f} GiB in {th.refit_buckets} buckets",
+        _step_line(th, lo.world + lo.engine_gpus, bool(lo.engine_gpus)),
         f"verdict: {verdict}",
     ]
     lines += [f"  - {a}" for a in p.advice]
     return "\n".join(lines)
+
+
+def _step_line(th: Throughput, gpus: int, disaggregated: bool) -> str:
+    per_gpu = th.train_tokens / th.step_s / gpus
+    refit = f"refit {th.refit_bytes / GIB:.1f} GiB in {th.refit_buckets} buckets"
+    if not disaggregated:
+        return (f"step estimate: generation {th.gen_s:.0f} s + training {th.train_s:.0f} s = {th.step_s:.0f} s "
+                f"({th.train_tokens / 1e6:.2f} M tokens, {per_gpu:.0f} tokens/s/GPU); {refit}")
+    chosen = "one step off-policy" if th.staleness else "on-policy"
+    return (f"step estimate: on-policy generation {th.gen_s:.0f} s + training {th.train_s:.0f} s + refit "
+            f"{th.refit_s:.1f} s = {th.on_policy_s:.0f} s; one step off-policy (rollout.max_staleness=1) "
+            f"max(generation, training) + refit = {th.off_policy_s:.0f} s ({th.on_policy_s / th.off_policy_s:.2f}x); "
+            f"this config: {chosen}, {per_gpu:.0f} tokens/s/GPU over all {gpus} GPUs; {refit}")
 
 
 def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
@@ -474,7 +518,8 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trace-rank", type=int, action="append", default=None,
                         help="rank to trace (repeatable; default: the first and the last)")
     parser.add_argument("--engines", type=int, default=None,
-                        help="rollout engines (default world / rollout TP; 1 = the current single-engine trainer)")
+                        help="colocated rollout engines (default world / rollout TP); disaggregated: "
+                             "rollout.num_engines")
 
 
 def run_plan(args: argparse.Namespace) -> int:

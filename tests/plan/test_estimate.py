@@ -6,9 +6,12 @@ import dataclasses
 import math
 from pathlib import Path
 
+import pytest
+
 from megatron_grpo.config import (
     AlgoConfig,
     Config,
+    ConfigError,
     DataConfig,
     ModelConfig,
     ParallelConfig,
@@ -162,3 +165,60 @@ def test_cli_main_prints_and_returns_fit(tmp_path, capsys):
     assert main(["--config", str(cfg)]) == 0
     out = capsys.readouterr().out
     assert "TP 1 x PP 1 x DP 8" in out and "verdict: FITS" in out
+
+
+# ---- disaggregated placement ---------------------------------------------------------------------
+
+DISAGGREGATED_32B = [f"model.hf_config={CONFIGS / 'qwen3-32b.config.json'}", "model.dtype=bf16",
+                     "model.recompute=full", "parallel.tensor=8", "parallel.sequence_parallel=true",
+                     "rollout.placement=disaggregated", "rollout.tensor_parallel=4", "rollout.num_engines=2"]
+
+
+def _disaggregated(overrides: list[str]) -> Config:
+    return load_config(REPO_CONFIGS / "qwen3_4b_dapo.yaml", overrides)
+
+
+def test_qwen3_32b_on_two_nodes_trains_on_one_and_generates_on_the_other():
+    cfg = _disaggregated(DISAGGREGATED_32B)
+    p = plan(cfg, load_arch(cfg.model.hf_config), nodes=2, gpus_per_node=8, gpu_mem_gb=80)
+    lo, r, th = p.layout, p.rollout, p.throughput
+    assert (lo.world, lo.tp, lo.dp, lo.engines, lo.rollout_tp, lo.engine_gpus) == (8, 8, 1, 2, 4, 8)
+    # the trainer's GPUs hold exactly what a trainer-only TP8 job on one node holds
+    alone = plan(dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, placement="colocated",
+                                                                      tensor_parallel=1, num_engines=1)),
+                 load_arch(cfg.model.hf_config), nodes=1, gpus_per_node=8, gpu_mem_gb=80)
+    assert p.train == alone.train
+    # an engine GPU holds no trainer state; during the refit only the bucket in flight is added
+    assert r.trainer_resident == 0 and r.host_offload == 0
+    assert r.weights == total_params(load_arch(cfg.model.hf_config)) * 2 / 4
+    assert r.refit == r.weights + 2 * (cfg.rollout.refit_bucket_mb << 20)
+    assert r.seqs_per_engine == cfg.data.batch_prompts * cfg.rollout.train.n // 2
+    # training uses the trainer's 8 GPUs, generation the engines' 8; the refit crosses once
+    assert th.refit_s == th.refit_bytes / 25e9
+    assert th.on_policy_s == th.gen_s + th.train_s + th.refit_s
+    assert th.off_policy_s == max(th.gen_s, th.train_s) + th.refit_s < th.on_policy_s
+    assert th.step_s == th.on_policy_s  # max_staleness 0
+    assert p.fits, format_plan(p)
+    text = format_plan(p)
+    assert "2 rollout engine(s) of TP 4 on 8 GPUs of their own" in text and "one step off-policy" in text
+
+
+def test_qwen3_14b_on_one_node_one_step_off_policy(capsys):
+    overrides = [f"model.hf_config={CONFIGS / 'qwen3-14b-base.config.json'}", "model.dtype=bf16",
+                 "model.recompute=full", "parallel.tensor=4", "parallel.sequence_parallel=true",
+                 "rollout.placement=disaggregated", "rollout.tensor_parallel=2", "rollout.num_engines=2",
+                 "rollout.max_staleness=1"]
+    cfg = _disaggregated(overrides)
+    p = plan(cfg, load_arch(cfg.model.hf_config), nodes=1, gpus_per_node=8, gpu_mem_gb=80)
+    assert (p.layout.world, p.layout.engine_gpus) == (4, 4) and p.fits, format_plan(p)
+    assert p.throughput.step_s == p.throughput.off_policy_s
+    assert main(["--config", str(REPO_CONFIGS / "qwen3_4b_dapo.yaml"), *overrides]) == 0
+    assert "this config: one step off-policy" in capsys.readouterr().out
+
+
+def test_engines_that_leave_no_gpu_to_train_are_refused():
+    cfg = _disaggregated([*DISAGGREGATED_32B, "rollout.num_engines=4"])
+    with pytest.raises(ConfigError, match="rollout.num_engines: 4 engines of TP 4 take 16 of the job's 16 GPUs"):
+        plan(cfg, load_arch(cfg.model.hf_config), nodes=2, gpus_per_node=8)
+    with pytest.raises(ConfigError, match="engines: disaggregated placement takes rollout.num_engines"):
+        plan(_disaggregated(DISAGGREGATED_32B), QWEN3_32B, 2, 8, assume=Assumptions(engines=1))
