@@ -76,8 +76,7 @@ def test_memory_follows_the_layout(traces):
 
 QWEN3_32B_2X8 = ["--config", "configs/qwen3_4b_dapo.yaml", "--nodes", "2", "--trace", "--trace-rank", "15",
                  "model.hf_config=configs/models/qwen3-32b.config.json", "model.dtype=bf16", "parallel.tensor=8",
-                 "parallel.pipeline=2", "parallel.sequence_parallel=true", "rollout.placement=disaggregated",
-                 "rollout.tensor_parallel=8"]
+                 "parallel.pipeline=2", "parallel.sequence_parallel=true"]
 
 
 def _plan_output(argv: list[str]) -> str:
