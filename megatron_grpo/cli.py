@@ -15,6 +15,7 @@ from megatron_grpo.config import ConfigError, load_config
 from megatron_grpo.convert.cli import add_convert_arguments, run_convert
 from megatron_grpo.data import DataError
 from megatron_grpo.plan.estimate import add_plan_arguments, run_plan
+from megatron_grpo.rollout.server import add_engine_arguments, run_engine
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -61,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="dry-run: layout, per-GPU memory and throughput estimate")
     add_plan_arguments(plan)
     plan.set_defaults(func=run_plan)
+
+    engine = sub.add_parser("engine", help="an engine process of a disaggregated run (connects to trainer rank 0)")
+    add_engine_arguments(engine)
+    engine.set_defaults(func=run_engine)
 
     convert = sub.add_parser("convert", help="convert checkpoints: mcore-to-hf / hf-to-mcore")
     add_convert_arguments(convert)

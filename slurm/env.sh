@@ -20,6 +20,9 @@
 
 # Rendezvous port on the first node; derived from the job id so two jobs sharing a node do not collide.
 export MASTER_PORT=${MASTER_PORT:-$((29500 + ${SLURM_JOB_ID:-0} % 1000))}
+# Disaggregated jobs (ROLLOUT_NODES > 0): the port trainer rank 0 listens on for its engines. Their
+# weight-transfer group meets on a free port of the same node, which the trainer tells them.
+export ENGINE_PORT=${ENGINE_PORT:-$((MASTER_PORT + 1000))}
 
 # ---- processes -----------------------------------------------------------------------------------
 # Training processes per node (one per GPU); Slurm's count of this node's GPUs when it sets one.

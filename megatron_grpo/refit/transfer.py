@@ -12,6 +12,7 @@ of the bucket: a bucket damaged in transit is named and dropped whole.
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -46,12 +47,22 @@ class Address:
     backend: str
 
 
-def join(address: Address, rank: int):
-    """This process's handle on the group (collective: every member calls it)."""
+def open_group(host: str, world_size: int, backend: str) -> tuple[Address, socket.socket]:
+    """Rank 0's side: a listening socket for the group's store, bound now (no port race) and handed to
+    ``join``. The store's server must be rank 0's own: under torchrun, torch's tcp:// rendezvous would
+    otherwise take rank 0 for a client of torchrun's agent store (TORCHELASTIC_USE_AGENT_STORE)."""
+    sock = socket.create_server(("", 0))
+    return Address(host, sock.getsockname()[1], world_size, backend), sock
+
+
+def join(address: Address, rank: int, listen_socket: socket.socket | None = None):
+    """This process's handle on the group (collective: every member calls it; rank 0 with the socket
+    from ``open_group``)."""
     from vllm.distributed.utils import stateless_init_torch_distributed_process_group
 
     return stateless_init_torch_distributed_process_group(address.host, address.port, rank, address.world_size,
-                                                          address.backend, timeout=TIMEOUT)
+                                                          address.backend, listen_socket=listen_socket,
+                                                          timeout=TIMEOUT)
 
 
 def byte_sum(flat: torch.Tensor) -> int:

@@ -17,6 +17,7 @@ placement or the number of engines. A placement is one entry of ``PLACEMENTS``.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +25,9 @@ import torch.distributed as dist
 
 from megatron_grpo.config.rollout import RolloutConfig, SamplingConfig
 from megatron_grpo.rollout.types import RolloutEngine, Sample, chunk
+
+HOST_ENV = "MEGATRON_GRPO_ENGINE_HOST"
+"""The name engines on other nodes reach trainer rank 0 by (default: its hostname)."""
 
 
 class EngineGroup:
@@ -109,8 +113,8 @@ def _disaggregated(cfg: RolloutConfig, model_dir: Path, tokenizer_dir: str, dtyp
     if dist.get_rank() == 0:
         from megatron_grpo.rollout.remote import connect_engines
 
-        # spawned engines are on this node; engines elsewhere reach rank 0 where the trainer's world does
-        host = "127.0.0.1" if cfg.launch_engines else os.environ.get("MASTER_ADDR", "127.0.0.1")
+        # spawned engines are on this node; engines elsewhere reach rank 0's host by its name
+        host = "127.0.0.1" if cfg.launch_engines else os.environ.get(HOST_ENV, socket.gethostname())
         first_gpu = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # the trainer's GPUs come first
         remote = connect_engines(cfg, model_dir, tokenizer_dir, dtype, load_weights, host,
                                  platform.dist_backend(), platform.device(), first_gpu)

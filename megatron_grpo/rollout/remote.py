@@ -25,7 +25,7 @@ import torch
 from megatron_grpo.config.loader import ConfigError
 from megatron_grpo.config.rollout import RolloutConfig, SamplingConfig
 from megatron_grpo.refit import transfer
-from megatron_grpo.rollout.server import KEY_ENV, EngineSpec
+from megatron_grpo.rollout.server import ADDRESS_ENV, KEY_ENV, EngineSpec, publish_address
 from megatron_grpo.rollout.types import Sample, chunk, send_in_buckets
 from megatron_grpo.rollout.weight_specs import WeightMismatchError, checksums_agree
 
@@ -230,13 +230,14 @@ def connect_engines(cfg: RolloutConfig, model_dir: Path, tokenizer_dir: str, dty
     """Trainer rank 0: listen for ``cfg.num_engines`` engines (spawned here when ``cfg.launch_engines``,
     else started elsewhere, e.g. on Slurm's rollout nodes, with ``--connect host:engine_port``), tell each
     what to build, and form the weight-transfer group with all their workers."""
-    from megatron_grpo.launch import free_port
 
     key = os.environ.get(KEY_ENV) or (secrets.token_hex(16) if cfg.launch_engines else None)
     if key is None:
         raise ConfigError(f"rollout.launch_engines: false needs {KEY_ENV} set for the trainer and the engines alike")
     listener = Listener(("0.0.0.0", cfg.engine_port), authkey=key.encode())
     port = listener.address[1]
+    if not cfg.launch_engines and os.environ.get(ADDRESS_ENV):
+        publish_address(Path(os.environ[ADDRESS_ENV]), f"{host}:{port}")
     procs = (spawn_engines(cfg.num_engines, cfg.tensor_parallel, f"{host}:{port}", key, first_gpu,
                            device.type == "cuda") if cfg.launch_engines else [])
     log.info("waiting for %d engine(s) at %s:%d", cfg.num_engines, host, port)
@@ -251,11 +252,11 @@ def connect_engines(cfg: RolloutConfig, model_dir: Path, tokenizer_dir: str, dty
                               f"[0, rollout.num_engines={cfg.num_engines})")
         conns[index] = conn
     listener.close()
-    address = transfer.Address(host, free_port(), 1 + cfg.num_engines * cfg.tensor_parallel, backend)
+    address, store_socket = transfer.open_group(host, 1 + cfg.num_engines * cfg.tensor_parallel, backend)
     for i, conn in enumerate(conns):
         conn.send(EngineSpec(str(model_dir), str(tokenizer_dir), cfg, dtype, load_weights, address,
                              1 + i * cfg.tensor_parallel))
-    group = transfer.join(address, 0)
+    group = transfer.join(address, 0, store_socket)
     engines = RemoteEngines(conns, group, cfg.refit_bucket_mb << 20, procs)
     for i, conn in enumerate(conns):
         status, _, _ = conn.recv()

@@ -20,12 +20,18 @@ import time
 from dataclasses import dataclass
 from multiprocessing.connection import Client, Connection
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from megatron_grpo.config.rollout import RolloutConfig
-from megatron_grpo.refit.transfer import Address
+
+if TYPE_CHECKING:  # the CLI imports this module: torch only once an engine is built
+    from megatron_grpo.refit.transfer import Address
 
 KEY_ENV = "MEGATRON_GRPO_ENGINE_KEY"
 """The shared secret of the trainer's engine listener (every message is authenticated with it)."""
+ADDRESS_ENV = "MEGATRON_GRPO_ENGINE_ADDRESS_FILE"
+"""Where trainer rank 0 publishes ``HOST:PORT`` of its listener for engines started elsewhere: under
+Slurm no one knows in advance which node torchrun makes rank 0."""
 
 REQUESTS = ("generate", "score", "check_manifest", "check_bucket", "receive_bucket", "abort_update",
             "finish_update", "weight_checksums")
@@ -82,16 +88,40 @@ def serve(conn: Connection, engine) -> None:
         idle_since = time.perf_counter()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m megatron_grpo.rollout.server", description=__doc__.splitlines()[0])
-    parser.add_argument("--connect", required=True, help="HOST:PORT of trainer rank 0's engine listener")
+def publish_address(path: Path, address: str) -> None:
+    """Write ``address`` so that a reader sees all of it or nothing (rename is atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(address + "\n")
+    tmp.replace(path)
+
+
+def wait_for_address(path: Path, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"engine: {path} did not appear within {timeout:.0f} s (is the trainer running?)")
+        time.sleep(0.5)
+    return path.read_text().strip()
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--connect", help="HOST:PORT of trainer rank 0's engine listener")
+    where.add_argument("--connect-file", help="a file holding HOST:PORT, written by trainer rank 0 when it listens "
+                                              f"(the trainer's {ADDRESS_ENV}); waited for")
+    parser.add_argument("--wait", type=float, default=3600.0, help="seconds to wait for --connect-file")
     parser.add_argument("--index", type=int, default=-1, help="this engine's index (-1: the trainer assigns one)")
-    args = parser.parse_args(argv)
+
+
+def run_engine(args: argparse.Namespace) -> int:
+    """Connect, build, serve until the trainer closes the connection."""
     logging.basicConfig(level=os.environ.get("MEGATRON_GRPO_ENGINE_LOG", "WARNING"),
                         format=f"%(asctime)s engine {args.index} %(levelname)s %(name)s: %(message)s")
     if KEY_ENV not in os.environ:
-        parser.error(f"{KEY_ENV} is not set: the trainer's listener only accepts engines that know its key")
-    host, _, port = args.connect.rpartition(":")
+        raise SystemExit(f"engine: {KEY_ENV} is not set: the trainer's listener only accepts engines that know its key")
+    address = args.connect or wait_for_address(Path(args.connect_file), args.wait)
+    host, _, port = address.rpartition(":")
     conn = Client((host, int(port)), authkey=os.environ[KEY_ENV].encode())
     conn.send(("hello", args.index, socket.gethostname(), os.getpid()))
     spec: EngineSpec = conn.recv()
@@ -109,6 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         engine.close()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m megatron_grpo.rollout.server", description=__doc__.splitlines()[0])
+    add_engine_arguments(parser)
+    return run_engine(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

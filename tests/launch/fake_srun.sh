@@ -1,12 +1,21 @@
 #!/bin/bash
-# Stand-in for srun in tests: runs the step's command once per "node" of the job, all on this host, as
-# background processes with the variables srun sets per task. Like srun it forwards TERM/USR1 to the
-# tasks and exits with the highest task exit code.
+# Stand-in for srun in tests: runs the step's command once per task (--nodes x --ntasks-per-node, default one
+# per node of the job), all on this host, as background processes with the variables srun sets per task.
+# Like srun it forwards TERM/USR1 to the tasks and exits with the highest task exit code.
 nodes=${SLURM_JOB_NUM_NODES:-1}
-while [[ ${1:-} == -* ]]; do shift; done  # srun's own options (always written --opt=value here)
+per_node=1
+while [[ ${1:-} == -* ]]; do  # srun's own options (always written --opt=value here)
+    case $1 in
+        --nodes=*) nodes=${1#--nodes=} ;;
+        --ntasks-per-node=*) per_node=${1#--ntasks-per-node=} ;;
+    esac
+    shift
+done
+tasks=$((nodes * per_node))
 pids=()
-for ((i = 0; i < nodes; i++)); do
-    SLURM_NODEID=$i SLURM_PROCID=$i SLURM_LOCALID=0 SLURM_NTASKS=$nodes SLURMD_NODENAME=node$i "$@" &
+for ((i = 0; i < tasks; i++)); do
+    SLURM_NODEID=$((i / per_node)) SLURM_PROCID=$i SLURM_LOCALID=$((i % per_node)) SLURM_NTASKS=$tasks \
+        SLURMD_NODENAME=node$((i / per_node)) "$@" &
     pids+=($!)
 done
 # shellcheck disable=SC2317  # called from the trap
