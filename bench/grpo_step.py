@@ -1,6 +1,7 @@
 """Per-stage timing of whole GRPO steps (rollout, update, refit, reward) through the real trainer.
 
     .venv/bin/python bench/grpo_step.py [--cases tiny-32,tiny-256,0.1b-32,0.1b-256] [--steps 3]
+    .venv/bin/python bench/grpo_step.py --peer-python /path/to/trl-venv/bin/python   # + TRL, same run
 
 Each case runs ``python -m megatron_grpo train`` on the embedded tiny task as a subprocess with 8 prompts
 x 8 responses and N new tokens, then reads the run's ``metrics.jsonl``. Step 1 includes vLLM's first-shape
@@ -14,12 +15,17 @@ bench/policy_step.py, both with ``max_position_embeddings`` = prompt + N and ``-
 p ~ 1/16 per token and stops after ~16 tokens; with 4096 rows nearly every response runs to N tokens,
 as long reasoning does. The Qwen3 tokenizer (151936 rows) would make the 0.1B model 3/4 embedding and
 its time mostly the LM head, unlike the 4B target. Prints one JSON line per case.
+
+With ``--peer-python`` (a venv with ``pip install trl``, never ``trl[vllm]``) each case then runs the same
+shape through TRL's ``GRPOTrainer`` (bench/trl_peer.py: same model config, tokenizer, prompts, reward), and
+the line gains ``trl_step_s`` and ``speed_vs_trl`` (TRL's seconds per step / ours: above 1, we are faster).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -94,6 +100,19 @@ def run_case(name: str, args: argparse.Namespace, work: Path) -> dict:
             "wall_s": round(wall, 1), "setup_and_exit_s": round(wall - sum(r["time/step"] for r in rows), 1)}
 
 
+def run_peer(name: str, args: argparse.Namespace, work: Path) -> dict:
+    _, new_tokens = CASES[name]
+    model = work / name / "model" / "config.json"
+    cmd = [args.peer_python, str(ROOT / "bench" / "trl_peer.py"), "--config", str(model),
+           "--new-tokens", str(new_tokens), "--steps", str(args.steps), "--prompts", str(PROMPTS),
+           "--generations", str(RESPONSES), "--out", str(work / name / "trl")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=args.timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    if proc.returncode != 0:
+        raise RuntimeError(f"case {name}: TRL peer exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {list(CASES)}")
@@ -101,6 +120,7 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=4096, help="model vocabulary rows (>= 16 tokenizer rows)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds before a case is abandoned")
     parser.add_argument("--keep", default=None, help="keep run dirs here instead of a temp dir (not reused)")
+    parser.add_argument("--peer-python", default=None, help="Python of a venv with trl: run TRL's GRPOTrainer too")
     args = parser.parse_args()
     unknown = [c for c in args.cases.split(",") if c not in CASES]
     if unknown:
@@ -110,7 +130,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="grpo_step_") as tmp:
         work = Path(args.keep) if args.keep else Path(tmp)
         for name in args.cases.split(","):
-            print(json.dumps(run_case(name, args, work)), flush=True)
+            ours = run_case(name, args, work)
+            if args.peer_python:
+                peer = run_peer(name, args, work)
+                ours.update(trl_version=peer["trl_version"], trl_step_s=peer["step_s"],
+                            trl_first_step_s=peer["first_step_s"],
+                            speed_vs_trl=round(peer["step_s"] / ours["time_step"], 3))
+            print(json.dumps(ours), flush=True)
 
 
 if __name__ == "__main__":
