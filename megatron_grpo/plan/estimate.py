@@ -226,23 +226,24 @@ def _plan(cfg: Config, arch: ModelArch, nodes: int, gpus_per_node: int, gpu_mem_
 
 def _layout(cfg: Config, arch: ModelArch, world: int, engines: int | None) -> Layout:
     tp, pp, rtp = cfg.parallel.tensor, cfg.parallel.pipeline, cfg.rollout.tensor_parallel
-    if cfg.rollout.placement == "disaggregated":
+    disaggregated = cfg.rollout.placement == "disaggregated"
+    engine_gpus = cfg.rollout.num_engines * rtp if disaggregated else 0
+    if disaggregated:
         if engines is not None:
             raise ConfigError("engines: disaggregated placement takes rollout.num_engines")
-        engine_gpus = cfg.rollout.num_engines * rtp
         if engine_gpus >= world:
             raise ConfigError(f"rollout.num_engines: {cfg.rollout.num_engines} engines of TP {rtp} take "
                               f"{engine_gpus} of the job's {world} GPUs, leaving none to train")
-        world -= engine_gpus
-        check_world(cfg, world, arch.num_attention_heads, arch.num_query_groups, arch.num_layers)
-        return Layout(world=world, tp=tp, pp=pp, dp=world // (tp * pp), rollout_tp=rtp,
-                      engines=cfg.rollout.num_engines, engine_gpus=engine_gpus)
+        engines = cfg.rollout.num_engines
+    world -= engine_gpus  # the trainer's GPUs
     check_world(cfg, world, arch.num_attention_heads, arch.num_query_groups, arch.num_layers)
-    if world % rtp:
-        raise ConfigError(f"rollout.tensor_parallel: {rtp} does not divide the world size {world}")
-    if engines is not None and not 1 <= engines <= world // rtp:
-        raise ConfigError(f"engines: {engines} not in [1, world / rollout.tensor_parallel = {world // rtp}]")
-    return Layout(world=world, tp=tp, pp=pp, dp=world // (tp * pp), rollout_tp=rtp, engines=engines or world // rtp)
+    if not disaggregated:
+        if world % rtp:
+            raise ConfigError(f"rollout.tensor_parallel: {rtp} does not divide the world size {world}")
+        if engines is not None and not 1 <= engines <= world // rtp:
+            raise ConfigError(f"engines: {engines} not in [1, world / rollout.tensor_parallel = {world // rtp}]")
+    return Layout(world=world, tp=tp, pp=pp, dp=world // (tp * pp), rollout_tp=rtp, engines=engines or world // rtp,
+                  engine_gpus=engine_gpus)
 
 
 def _train_memory(cfg: Config, arch: ModelArch, layout: Layout, per_gpu: int, vocab: int) -> TrainMemory:
