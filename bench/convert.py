@@ -34,8 +34,7 @@ def _peak_rss_mb() -> float:
 def write_random_hf(out: Path) -> int:
     """A random bf16 HF directory for CONFIG (weights ~N(0, 0.02), norms 1); returns bytes written."""
     from megatron_grpo.convert.hf_io import ShardedWriter
-    from megatron_grpo.convert.mapping import hf_layout
-    from megatron_grpo.model.arch import load_arch
+    from megatron_grpo.families import hf_layout, load_arch
 
     writer = ShardedWriter(out, max_shard_bytes=512 << 20)
     gen = torch.Generator().manual_seed(0)

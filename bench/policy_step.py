@@ -71,8 +71,8 @@ def _worker(rank: int, world: int, port: int, config: dict, args: argparse.Names
 
 def _measure(world: int, config: dict, args: argparse.Namespace) -> dict:
     from megatron_grpo.config import ModelConfig, OptimizerConfig, ParallelConfig
+    from megatron_grpo.families import arch_from_dict
     from megatron_grpo.launch import init_distributed, shutdown
-    from megatron_grpo.model import arch_from_dict
     from megatron_grpo.model.policy import MegatronPolicy
 
     parallel = ParallelConfig(tensor=world)

@@ -117,8 +117,8 @@ def worker(config: dict, dtype: str, tp: int, bucket_mb: int, model_dir: str, ph
     the low threshold makes every tensor a fresh mapping, ~1.6x slower at 0.6B). Fresh processes per
     phase: closing a vLLM engine tears down torch.distributed, and RSS starts clean."""
     from megatron_grpo.config import ModelConfig, OptimizerConfig, ParallelConfig
+    from megatron_grpo.families import arch_from_dict
     from megatron_grpo.launch import init_distributed, shutdown
-    from megatron_grpo.model import arch_from_dict
     from megatron_grpo.model.builder import DTYPES
     from megatron_grpo.model.policy import MegatronPolicy
     from megatron_grpo.refit.stream import refit

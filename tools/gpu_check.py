@@ -70,7 +70,7 @@ def policy_check(impl: str, dtype: str, dry: bool, tokens: int) -> dict:
 
     from megatron_grpo import platform
     from megatron_grpo.config import ModelConfig, OptimizerConfig, ParallelConfig
-    from megatron_grpo.model.arch import arch_from_dict
+    from megatron_grpo.families import arch_from_dict
     from megatron_grpo.model.policy import MegatronPolicy
 
     config = model_config("0.6b", dry) | ({} if dry else {"num_hidden_layers": 4})
@@ -105,7 +105,7 @@ def _transformers_reference(config: dict, tokens: int):
     ids = torch.randint(0, config["vocab_size"], (1, tokens), generator=gen)
     skipped = importable("transformers")
     if skipped:
-        from megatron_grpo.model.arch import arch_from_dict
+        from megatron_grpo.families import arch_from_dict
         from megatron_grpo.model.init import RandomHFWeights
 
         return dict(RandomHFWeights(arch_from_dict(config), seed=0)), {"tokens": ids, "skipped": skipped}
@@ -128,7 +128,7 @@ def throughput_check(shape: str, tokens: int, dry: bool, steps: int) -> dict:
 
     from megatron_grpo import platform
     from megatron_grpo.config import ModelConfig, OptimizerConfig, ParallelConfig, load_config
-    from megatron_grpo.model.arch import arch_from_dict
+    from megatron_grpo.families import arch_from_dict
     from megatron_grpo.model.builder import build_model, build_optimizer, wrap_ddp
     from megatron_grpo.model.forward import train_micro_batches
     from megatron_grpo.plan.estimate import matmul_params, plan
@@ -177,7 +177,7 @@ def refit_check(dry: bool) -> dict:
 
     from megatron_grpo.algo import RolloutBatch
     from megatron_grpo.config import ModelConfig, OptimizerConfig, ParallelConfig, RolloutConfig, SamplingConfig
-    from megatron_grpo.model.arch import arch_from_dict
+    from megatron_grpo.families import arch_from_dict
     from megatron_grpo.model.policy import MegatronPolicy
     from megatron_grpo.refit.stream import refit
     from megatron_grpo.rollout.groups import ColocatedEngines

@@ -83,8 +83,8 @@ def _check_staleness(cfg: Config) -> None:
 
 
 def check_world(cfg: Config, world_size: int, num_attention_heads: int, num_query_groups: int,
-                num_layers: int) -> None:
-    """Checks that need the launch world and the model shape."""
+                num_layers: int, num_experts: int = 0) -> None:
+    """Checks that need the launch world and the model shape (``num_experts`` 0: a dense model)."""
     tp, pp = cfg.parallel.tensor, cfg.parallel.pipeline
     if world_size % (tp * pp):
         raise ConfigError(f"parallel: world size {world_size} is not divisible by tensor x pipeline = {tp * pp}")
@@ -95,6 +95,19 @@ def check_world(cfg: Config, world_size: int, num_attention_heads: int, num_quer
     chunks = pp * (cfg.parallel.virtual_pipeline or 1)
     if num_layers % chunks:
         raise ConfigError(f"parallel.pipeline: {chunks} model chunks do not divide num_hidden_layers {num_layers}")
+    par = cfg.parallel
+    if par.expert > 1 and not num_experts:
+        raise ConfigError(f"parallel.expert: {par.expert} needs a mixture-of-experts model; this one is dense")
+    if num_experts:
+        if num_experts % par.expert:
+            raise ConfigError(f"parallel.expert: {par.expert} does not divide the model's {num_experts} experts")
+        experts = par.expert_tensor_size * par.expert * pp
+        if world_size % experts:
+            raise ConfigError(f"parallel: world size {world_size} is not divisible by expert_tensor x expert x "
+                              f"pipeline = {experts}")
+        if tp > 1 and not par.sequence_parallel:  # Megatron-Core refuses it only at the first training step
+            raise ConfigError("parallel.sequence_parallel: an MoE model with tensor > 1 needs it (Megatron's "
+                              "token dispatcher takes sequence-parallel activations)")
     dp = world_size // (tp * pp)
     if cfg.data.batch_prompts % dp:
         raise ConfigError(f"data.batch_prompts: {cfg.data.batch_prompts} is not divisible by data-parallel size {dp}")

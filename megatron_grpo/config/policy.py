@@ -24,12 +24,17 @@ class ModelConfig:
     """Activation recomputation; ``full`` recomputes every layer in backward (lowest memory)."""
     make_vocab_size_divisible_by: int = 128
     """Embedding rows are padded to a multiple of this times TP (padding is dropped on export)."""
+    moe_aux_loss_coef: float | None = None
+    """MoE models: load-balancing auxiliary loss coefficient; ``None`` takes the HF config's
+    ``router_aux_loss_coef``; 0 turns the loss off (routing then drifts freely)."""
 
     def validate(self) -> None:
         if not self.hf_config:
             raise ConfigError("hf_config: required (path to a HF config.json)")
         if self.make_vocab_size_divisible_by < 1:
             raise ConfigError("make_vocab_size_divisible_by: must be >= 1")
+        if self.moe_aux_loss_coef is not None and self.moe_aux_loss_coef < 0:
+            raise ConfigError(f"moe_aux_loss_coef: must be >= 0, got {self.moe_aux_loss_coef}")
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,12 @@ class ParallelConfig:
     """Pipeline-parallel size (layers split across stages)."""
     virtual_pipeline: int | None = None
     """Interleaved pipeline: model chunks per stage (``None`` = not interleaved)."""
+    expert: int = 1
+    """Expert-parallel size (MoE): each EP rank holds num_experts / expert routed experts; carved out of
+    the data-parallel ranks, tokens reach their experts by all-to-all."""
+    expert_tensor: int | None = None
+    """Tensor-parallel size inside each routed expert (Megatron's ETP); ``None``: the same as ``tensor``
+    (Megatron's default); 1 keeps experts whole and lets ``expert`` span the TP ranks too."""
     sequence_parallel: bool = False
     """Split norms/dropout activations along the sequence across the TP group (needs tensor > 1)."""
     distributed_optimizer: bool = True
@@ -47,10 +58,19 @@ class ParallelConfig:
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     """torch.distributed backend; ``auto`` = nccl with CUDA, gloo otherwise."""
 
+    @property
+    def expert_tensor_size(self) -> int:
+        return self.tensor if self.expert_tensor is None else self.expert_tensor
+
     def validate(self) -> None:
-        for name in ("tensor", "pipeline"):
-            if getattr(self, name) < 1:
+        for name in ("tensor", "pipeline", "expert", "expert_tensor"):
+            if (getattr(self, name) or 1) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.expert == 1 and self.expert_tensor not in (None, self.tensor):
+            # Megatron-Core marks expert weights expert-parallel only when EP > 1; with EP 1 it reduces
+            # their gradients over the dense data-parallel group, which misses the other TP ranks' tokens.
+            raise ConfigError(f"expert_tensor: {self.expert_tensor} differs from tensor {self.tensor} with "
+                              "expert 1; Megatron-Core reduces such expert gradients wrongly (set expert > 1)")
         if self.sequence_parallel and self.tensor == 1:
             raise ConfigError("sequence_parallel: needs tensor > 1")
         if self.virtual_pipeline is not None and (self.virtual_pipeline < 2 or self.pipeline < 2):

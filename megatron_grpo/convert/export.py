@@ -21,7 +21,7 @@ from megatron_grpo.checkpoint.reader import LAYER_PREFIX, CheckpointReader
 from megatron_grpo.convert.hf_io import INDEX, HFCheckpoint, ShardedWriter
 from megatron_grpo.convert.mapping import match_mcore, rules_for, split, unpad
 from megatron_grpo.convert.verify import ConvertError, ExportCheck, check_hf_checkpoint
-from megatron_grpo.model.arch import ModelArch, hf_config_path, load_arch
+from megatron_grpo.families import ModelArch, hf_config_path, load_arch
 
 EXPORT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 _CONFIG_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16"}

@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 from megatron_grpo.checkpoint.files import step_dir
 from megatron_grpo.convert.hf_io import HFCheckpoint
 from megatron_grpo.convert.verify import ConvertError, check_hf_checkpoint
-from megatron_grpo.model.arch import load_arch
+from megatron_grpo.families import load_arch
 
 
 def import_hf(hf_dir: str | Path, out: str | Path, tp: int = 1, pp: int = 1, dtype: str = "fp32",
@@ -38,8 +38,8 @@ def _convert_rank(hf_dir: str, out: str, tp: int, pp: int, dtype: str, divisible
     from megatron_grpo.checkpoint.state import save_state
     from megatron_grpo.config import ModelConfig, ParallelConfig
     from megatron_grpo.convert.weights import load_hf_weights
+    from megatron_grpo.families import padded_vocab_size
     from megatron_grpo.launch import init_distributed, shutdown
-    from megatron_grpo.model.arch import padded_vocab_size
     from megatron_grpo.model.builder import build_model
 
     par = ParallelConfig(tensor=tp, pipeline=pp, distributed_optimizer=False)

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 import torch
 
 from megatron_grpo.convert.hf_io import HFCheckpoint
-from megatron_grpo.convert.mapping import MappingError, hf_layout
+from megatron_grpo.convert.mapping import MappingError
 from megatron_grpo.convert.weights import check_hf_names
-from megatron_grpo.model.arch import ModelArch
+from megatron_grpo.families import ModelArch, hf_layout
 
 
 class ConvertError(RuntimeError):

@@ -111,6 +111,10 @@ def init_distributed(par: ParallelConfig, seed: int, env: DistEnv | None = None)
         raise ConfigError(
             f"parallel: world size {env.world_size} is not divisible by tensor x pipeline = {par.tensor * par.pipeline}"
         )
+    experts = par.expert_tensor_size * par.expert * par.pipeline
+    if env.world_size % experts:
+        raise ConfigError(f"parallel: world size {env.world_size} is not divisible by expert_tensor x expert x "
+                          f"pipeline = {experts}")
     from megatron.core import parallel_state as ps
 
     if not ps.model_parallel_is_initialized():
@@ -118,6 +122,8 @@ def init_distributed(par: ParallelConfig, seed: int, env: DistEnv | None = None)
             tensor_model_parallel_size=par.tensor,
             pipeline_model_parallel_size=par.pipeline,
             virtual_pipeline_model_parallel_size=par.virtual_pipeline,
+            expert_model_parallel_size=par.expert,
+            expert_tensor_parallel_size=par.expert_tensor_size,
         )
     seed_everything(seed)
     return env

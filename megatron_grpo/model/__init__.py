@@ -1,5 +1,1 @@
-"""Megatron-Core policy built from a Hugging Face config (``model.policy.MegatronPolicy``)."""
-
-from megatron_grpo.model.arch import ModelArch, arch_from_dict, load_arch
-
-__all__ = ["ModelArch", "arch_from_dict", "load_arch"]
+"""Megatron-Core policy built from a model family (``model.policy.MegatronPolicy``)."""

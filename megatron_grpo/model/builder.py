@@ -1,14 +1,15 @@
 """Build the Megatron-Core policy: TransformerConfig, layer spec, GPTModel chunks, DDP, optimizer.
 
-``transformer_config`` is the only place a ``TransformerConfig`` is made. The layer spec is chosen in
-``layer_spec``: Transformer Engine on GPU when importable, Megatron's local layers otherwise (with torch's
-fused attention in the core-attention slot, ``model/attention.py``).
+``transformer_config`` is the only place a ``TransformerConfig`` is made: the model family decides the
+architecture's fields (``families``), this module the parallel layout, dtype and fusions. The layer spec is
+chosen in ``layer_spec``: Transformer Engine on GPU when importable (grouped-GEMM experts), Megatron's local
+layers otherwise (sequential experts; torch's fused attention in the core-attention slot,
+``model/attention.py``).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from megatron.core import parallel_state as ps
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 from megatron.core.models.gpt import GPTModel
@@ -21,7 +22,7 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 
 from megatron_grpo import platform
 from megatron_grpo.config import ConfigError, ModelConfig, OptimizerConfig, ParallelConfig
-from megatron_grpo.model.arch import ModelArch, padded_vocab_size
+from megatron_grpo.families import ModelArch, family, padded_vocab_size
 from megatron_grpo.model.attention import SDPAttention
 from megatron_grpo.platform import DTYPES
 
@@ -41,13 +42,30 @@ def use_transformer_engine(model_cfg: ModelConfig) -> bool:
 
 
 def layer_spec(arch: ModelArch, model_cfg: ModelConfig) -> ModuleSpec:
+    experts = arch.num_experts or None
     if use_transformer_engine(model_cfg):
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
-        return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=arch.qk_layernorm)
-    spec = get_gpt_layer_local_spec(qk_layernorm=arch.qk_layernorm, normalization="RMSNorm")
+        return get_gpt_layer_with_transformer_engine_spec(num_experts=experts, moe_grouped_gemm=arch.is_moe,
+                                                          qk_layernorm=arch.qk_layernorm)
+    spec = get_gpt_layer_local_spec(num_experts=experts, moe_grouped_gemm=False, qk_layernorm=arch.qk_layernorm,
+                                    normalization="RMSNorm")
     spec.submodules.self_attention.submodules.core_attention = SDPAttention  # flash-style, not s^2 scores
     return spec
+
+
+def _family_fields(arch: ModelArch, model_cfg: ModelConfig, par: ParallelConfig, te: bool) -> dict:
+    fields = family(arch).megatron(arch)
+    if arch.is_moe:
+        coef = arch.router_aux_loss_coef if model_cfg.moe_aux_loss_coef is None else model_cfg.moe_aux_loss_coef
+        fields.update(
+            moe_aux_loss_coeff=coef,
+            moe_router_load_balancing_type="aux_loss" if coef > 0 else "none",
+            moe_grouped_gemm=te,
+            expert_model_parallel_size=par.expert,
+            expert_tensor_parallel_size=par.expert_tensor_size,
+        )
+    return fields
 
 
 def transformer_config(arch: ModelArch, model_cfg: ModelConfig, par: ParallelConfig) -> TransformerConfig:
@@ -65,13 +83,7 @@ def transformer_config(arch: ModelArch, model_cfg: ModelConfig, par: ParallelCon
         num_query_groups=arch.num_query_groups,
         kv_channels=arch.head_dim,
         ffn_hidden_size=arch.ffn_hidden_size,
-        normalization="RMSNorm",
         layernorm_epsilon=arch.norm_eps,
-        qk_layernorm=arch.qk_layernorm,
-        gated_linear_unit=True,
-        activation_func=F.silu,
-        add_bias_linear=False,
-        add_qkv_bias=False,
         hidden_dropout=0.0,
         attention_dropout=0.0,
         init_method_std=arch.init_std,
@@ -87,7 +99,9 @@ def transformer_config(arch: ModelArch, model_cfg: ModelConfig, par: ParallelCon
         calculate_per_token_loss=True,
         # Packed micro-batches differ in length; PP exchanges shapes first.
         variable_seq_lengths=True,
-        moe_token_dispatcher_type="alltoall",  # dense model; the default "allgather" rejects variable lengths
+        # Micro-batches differ in length between ranks: "allgather" needs equal ones (and rejects
+        # variable_seq_lengths). On CPU it runs through platform.patches (_alltoall_dispatcher_on_host).
+        moe_token_dispatcher_type="alltoall",
         use_cpu_initialization=not gpu,
         # Fused kernels need CUDA (and TE/apex); off on CPU.
         gradient_accumulation_fusion=False,
@@ -99,6 +113,7 @@ def transformer_config(arch: ModelArch, model_cfg: ModelConfig, par: ParallelCon
         # CPU: gloo has no batched isend/irecv sync semantics ("batch_p2p_sync" hangs).
         batch_p2p_sync=gpu,
         **recompute,
+        **_family_fields(arch, model_cfg, par, use_transformer_engine(model_cfg)),
     )
 
 

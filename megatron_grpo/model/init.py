@@ -14,26 +14,26 @@ from collections.abc import Iterator, Mapping
 
 import torch
 
-from megatron_grpo.convert.mapping import hf_layout
-from megatron_grpo.model.arch import ModelArch
-
-_RESIDUAL_OUTPUTS = ("self_attn.o_proj.weight", "mlp.down_proj.weight")
+from megatron_grpo.families import ModelArch, family, hf_layout
 
 
 class RandomHFWeights(Mapping[str, torch.Tensor]):
-    """Lazy name -> tensor mapping: norms 1, weights N(0, std), residual-branch outputs N(0, std/sqrt(2L))
-    (Megatron's scaled init). Tensors are created on access, one at a time."""
+    """Lazy name -> tensor mapping: norms 1, biases 0, weights N(0, std), the family's residual-branch
+    outputs N(0, std/sqrt(2L)) (Megatron's scaled init). Tensors are created on access, one at a time."""
 
     def __init__(self, arch: ModelArch, seed: int):
         self.arch, self.seed = arch, seed
         self._layout = hf_layout(arch)
+        self._residual = family(arch).residual_outputs
 
     def __getitem__(self, name: str) -> torch.Tensor:
         shape = self._layout[name]
         if name.endswith("norm.weight"):
             return torch.ones(shape)
+        if name.endswith(".bias"):
+            return torch.zeros(shape)
         std = self.arch.init_std
-        if name.endswith(_RESIDUAL_OUTPUTS):
+        if name.endswith(self._residual):
             std /= math.sqrt(2.0 * self.arch.num_layers)
         digest = hashlib.blake2b(f"{self.seed}:{name}".encode(), digest_size=8).digest()
         generator = torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)

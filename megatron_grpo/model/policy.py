@@ -9,7 +9,7 @@ import torch
 from megatron_grpo import platform
 from megatron_grpo.config import ModelConfig, OptimizerConfig, ParallelConfig
 from megatron_grpo.convert.weights import load_hf_weights, stage_hf_tensors
-from megatron_grpo.model.arch import ModelArch, padded_vocab_size
+from megatron_grpo.families import ModelArch, padded_vocab_size
 from megatron_grpo.model.builder import build_model, build_optimizer, wrap_ddp
 from megatron_grpo.model.forward import Batch, Entropy, LossFn, forward_logprobs, train_micro_batches
 from megatron_grpo.model.init import RandomHFWeights

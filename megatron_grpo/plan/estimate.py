@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, replace
 
 from megatron_grpo.config import Config, ConfigError, check_world, load_config
-from megatron_grpo.model.arch import ModelArch, load_arch, padded_vocab_size
+from megatron_grpo.families import ModelArch, load_arch, padded_vocab_size
 
 GIB = 2**30
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -236,7 +236,7 @@ def _layout(cfg: Config, arch: ModelArch, world: int, engines: int | None) -> La
                               f"{engine_gpus} of the job's {world} GPUs, leaving none to train")
         engines = cfg.rollout.num_engines
     world -= engine_gpus  # the trainer's GPUs
-    check_world(cfg, world, arch.num_attention_heads, arch.num_query_groups, arch.num_layers)
+    check_world(cfg, world, arch.num_attention_heads, arch.num_query_groups, arch.num_layers, arch.num_experts)
     if not disaggregated:
         if world % rtp:
             raise ConfigError(f"rollout.tensor_parallel: {rtp} does not divide the world size {world}")

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from megatron_grpo.config import Config
-from megatron_grpo.model.arch import ModelArch
+from megatron_grpo.families import ModelArch
 
 CATEGORIES = ("params", "grads", "optimizer", "activations", "logits", "other")
 
@@ -55,7 +55,7 @@ class EmptyHFWeights(Mapping[str, torch.Tensor]):
     """HF-named weights with shapes and no values (meta): the import path runs, nothing is allocated."""
 
     def __init__(self, arch: ModelArch):
-        from megatron_grpo.convert.mapping import hf_layout
+        from megatron_grpo.families import hf_layout
 
         self._layout = hf_layout(arch)
 

@@ -21,12 +21,14 @@ _TYPE_PREFIXES = ("torch.meta.", "torch.")
 def apply(kind: str) -> None:
     _allow_sequence_parallel_torch_norm()
     _device_side_grad_norm()
+    _router_gemm_without_te()
     if kind == "cuda":
         return
     target = torch.device(kind)
     _no_cuda(target)
     if kind == "meta":
         _standin()
+    _alltoall_dispatcher_on_host()
     _DeviceRedirect(target).__enter__()  # stays active for the process lifetime
 
 
@@ -96,7 +98,36 @@ def _no_cuda(target: torch.device) -> None:
     random._set_cuda_rng_state = lambda state, *a, **k: torch.set_rng_state(state)
 
 
+def _alltoall_dispatcher_on_host() -> None:
+    # The MoE all-to-all dispatcher moves its split sizes to the host on a side CUDA stream: its constructor
+    # builds a torch.cuda.Stream ("Torch not compiled with CUDA enabled") and _maybe_dtoh_and_synchronize
+    # records events on it. Without CUDA the sizes are host tensors already: the step is only the
+    # conversion to the numpy arrays all_to_all_single takes as split sizes (a tensor there is refused).
+    from megatron.core.transformer.moe.token_dispatcher import MoEAlltoAllTokenDispatcher as Dispatcher
+
+    Dispatcher.cuda_dtoh_stream = "host"  # constructor: "if cuda_dtoh_stream is None: torch.cuda.Stream()"
+
+    def splits_to_numpy(self, point, tokens_per_expert=None):
+        if not self.drop_and_pad and point == self.cuda_dtoh_point:
+            for name in ("input_splits", "output_splits", "output_splits_tp"):
+                value = getattr(self, name)
+                if torch.is_tensor(value):
+                    setattr(self, name, value.numpy())
+        return tokens_per_expert
+
+    Dispatcher._maybe_dtoh_and_synchronize = splits_to_numpy
+
+
 # ---- no Transformer Engine / apex -------------------------------------------------------------------------
+
+
+def _router_gemm_without_te() -> None:
+    # moe_utils imports te_general_gemm from TE's extension inside a try block and never defines it when TE
+    # is absent; the router's gating linear then fails with NameError. None selects its torch.mm path.
+    from megatron.core.transformer.moe import moe_utils
+
+    if not hasattr(moe_utils, "te_general_gemm"):
+        moe_utils.te_general_gemm = None
 
 
 def _allow_sequence_parallel_torch_norm() -> None:

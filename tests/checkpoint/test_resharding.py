@@ -50,8 +50,8 @@ def _snapshot(policy, vocab: int) -> dict:
 
 
 def _policy(config: dict, layout: dict, weights=None):
+    from megatron_grpo.families import arch_from_dict
     from megatron_grpo.launch import init_distributed
-    from megatron_grpo.model import arch_from_dict
     from megatron_grpo.model.policy import MegatronPolicy
     from tests.model.tiny import model_cfg, parallel_cfg
 

@@ -69,12 +69,32 @@ def test_missing_file_and_bad_yaml(tmp_path):
     (8, ["parallel.tensor=8"], "parallel.tensor: 8 does not divide num_attention_heads 4"),
     (3, [], "data.batch_prompts: 64 is not divisible by data-parallel size 3"),
     (4, ["parallel.pipeline=4"], "4 model chunks do not divide num_hidden_layers 2"),
+    (2, ["parallel.expert=2"], "parallel.expert: 2 needs a mixture-of-experts model; this one is dense"),
 ])
 def test_world_checks(world, layout, message):
     cfg = load_config(None, layout)
     with pytest.raises(ConfigError) as err:
         check_world(cfg, world, num_attention_heads=4, num_query_groups=2, num_layers=2)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize(("world", "layout", "message"), [
+    (4, ["parallel.expert=3"], "parallel.expert: 3 does not divide the model's 4 experts"),
+    (2, ["parallel.expert=4"], "world size 2 is not divisible by expert_tensor x expert x pipeline = 4"),
+    (2, ["parallel.tensor=2"], "parallel.sequence_parallel: an MoE model with tensor > 1 needs it"),
+])
+def test_moe_world_checks(world, layout, message):
+    cfg = load_config(None, layout)
+    with pytest.raises(ConfigError) as err:
+        check_world(cfg, world, num_attention_heads=4, num_query_groups=2, num_layers=2, num_experts=4)
+    assert message in str(err.value)
+    check_world(load_config(None, ["parallel.expert=2"]), 2, 4, 2, 2, num_experts=4)  # and a layout that fits
+
+
+def test_expert_tensor_must_match_tensor_without_expert_parallelism():
+    with pytest.raises(ConfigError, match="expert_tensor: 1 differs from tensor 2 with expert 1"):
+        load_config(None, ["parallel.tensor=2", "parallel.expert_tensor=1"])
+    assert load_config(None, ["parallel.tensor=2"]).parallel.expert_tensor_size == 2
 
 
 def _reference_table() -> dict[str, str]:

@@ -13,7 +13,7 @@ from megatron_grpo.convert.cli import main
 from megatron_grpo.convert.importer import import_hf
 from megatron_grpo.convert.mapping import MappingError
 from megatron_grpo.convert.verify import ConvertError, ExportCheck
-from megatron_grpo.model import arch_from_dict
+from megatron_grpo.families import arch_from_dict
 from tests.convert.hfdir import save_hf_dir
 from tests.model.tiny import tiny_hf_config
 

@@ -21,8 +21,8 @@ CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "models" / "qwen3
 
 def _megatron_shapes(config: dict) -> tuple[dict[str, tuple[int, ...]], int]:
     from megatron_grpo.convert.weights import global_named_params
+    from megatron_grpo.families import arch_from_dict
     from megatron_grpo.launch import init_distributed, shutdown
-    from megatron_grpo.model import arch_from_dict
     from megatron_grpo.model.builder import build_model, padded_vocab_size
     from tests.model.tiny import model_cfg, parallel_cfg
 
@@ -41,7 +41,7 @@ def test_qwen3_4b_every_name_maps_once_with_shapes():
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from megatron_grpo.convert.mapping import fuse, hf_layout, match_mcore, rules_for, shard, split, unpad
-    from megatron_grpo.model import arch_from_dict
+    from megatron_grpo.families import arch_from_dict
 
     config = json.loads(open(CONFIG).read())
     arch = arch_from_dict(config)

@@ -41,8 +41,8 @@ def _load_at_layouts(config: dict, root: str, tokens: torch.Tensor):
 
     from megatron_grpo.checkpoint import load_checkpoint
     from megatron_grpo.convert.weights import unwrap
+    from megatron_grpo.families import arch_from_dict
     from megatron_grpo.launch import init_distributed, shutdown
-    from megatron_grpo.model import arch_from_dict
     from megatron_grpo.model.policy import MegatronPolicy
     from tests.model.tiny import model_cfg, parallel_cfg, smooth_adam
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from megatron_grpo.convert.mapping import MappingError, match_mcore, rules_for
-from megatron_grpo.model import arch_from_dict
+from megatron_grpo.families import arch_from_dict
 from tests.model.tiny import tiny_hf_config
 
 NORMS = {  # Megatron name (local spec / TE spec) -> HF name

@@ -30,8 +30,8 @@ def _worker(config: dict, weights: dict, layout: dict):
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
 
+    from megatron_grpo.families import arch_from_dict
     from megatron_grpo.launch import init_distributed, shutdown
-    from megatron_grpo.model import arch_from_dict
     from megatron_grpo.model.policy import MegatronPolicy
 
     par = parallel_cfg(**layout)

@@ -19,7 +19,7 @@ from megatron_grpo.config import (
     SamplingConfig,
     load_config,
 )
-from megatron_grpo.model.arch import arch_from_dict, load_arch
+from megatron_grpo.families import arch_from_dict, load_arch
 from megatron_grpo.plan.estimate import GIB, Assumptions, format_plan, main, plan, total_params
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "models"
@@ -109,7 +109,7 @@ def test_tiny_tensor_parallel_splits_weights_and_heads():
 
 
 def test_param_count_matches_hf_layout():
-    from megatron_grpo.convert.mapping import hf_layout
+    from megatron_grpo.families import hf_layout
 
     for arch in (TINY, QWEN3_32B, load_arch(CONFIGS / "qwen3-4b-base.config.json")):
         assert total_params(arch) == sum(math.prod(s) for s in hf_layout(arch).values())

@@ -25,7 +25,7 @@ def _trace_layouts(layouts: dict) -> dict:
     import traceback
 
     from megatron_grpo.config import load_config
-    from megatron_grpo.model.arch import load_arch
+    from megatron_grpo.families import load_arch
     from megatron_grpo.plan.trace import trace_rank
 
     out = {}

@@ -14,8 +14,8 @@ def _probe_world() -> dict:
 
     from megatron_grpo import platform
     from megatron_grpo.config import ParallelConfig
+    from megatron_grpo.families import arch_from_dict
     from megatron_grpo.launch import DistEnv, init_distributed, shutdown
-    from megatron_grpo.model.arch import arch_from_dict
     from megatron_grpo.model.builder import build_model
     from tests.model.tiny import model_cfg, tiny_hf_config
 

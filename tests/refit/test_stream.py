@@ -128,8 +128,8 @@ def _worker(dirs: dict[str, str]) -> dict:
     from megatron.core import parallel_state as ps
 
     from megatron_grpo.config import OptimizerConfig
+    from megatron_grpo.families import arch_from_dict
     from megatron_grpo.launch import init_distributed, shutdown
-    from megatron_grpo.model import arch_from_dict
     from megatron_grpo.model.policy import MegatronPolicy
     from megatron_grpo.rollout.vllm_engine import build_engine
 
@@ -173,8 +173,7 @@ def ranks(tmp_path_factory) -> list[dict]:
 
 
 def _model_bytes(config: dict) -> int:
-    from megatron_grpo.convert.mapping import hf_layout
-    from megatron_grpo.model import arch_from_dict
+    from megatron_grpo.families import arch_from_dict, hf_layout
 
     return sum(4 * torch.Size(shape).numel() for shape in hf_layout(arch_from_dict(config)).values())
 

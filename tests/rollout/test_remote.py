@@ -55,8 +55,8 @@ def _refit_error(policy, remote, version: int) -> str | None:
 def _trainer() -> dict:
     from megatron_grpo.config import OptimizerConfig
     from megatron_grpo.config.rollout import SamplingConfig
+    from megatron_grpo.families import arch_from_dict
     from megatron_grpo.launch import init_distributed, shutdown
-    from megatron_grpo.model import arch_from_dict
     from megatron_grpo.model.policy import MegatronPolicy
     from megatron_grpo.refit import transfer
     from megatron_grpo.refit.stream import refit

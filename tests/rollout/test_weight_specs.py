@@ -95,12 +95,12 @@ def test_engine_locations_stack_fused_parts_in_packing_order():
     packed = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
     where = engine_locations(weights.specs, packed)
     attn, mlp = "model.layers.1.self_attn", "model.layers.1.mlp"
-    assert where[f"{attn}.q_proj.weight"] == (f"{attn}.qkv_proj.weight", 0)
-    assert where[f"{attn}.k_proj.weight"] == (f"{attn}.qkv_proj.weight", 128)  # after q: 4 heads of 32
-    assert where[f"{attn}.v_proj.weight"] == (f"{attn}.qkv_proj.weight", 128 + 64)
-    assert where[f"{mlp}.up_proj.weight"] == (f"{mlp}.gate_up_proj.weight", 384)
-    assert where[f"{attn}.q_norm.weight"] == (f"{attn}.q_norm.weight", 0)
-    assert where["lm_head.weight"] == ("lm_head.weight", 0)
+    assert where[f"{attn}.q_proj.weight"] == (f"{attn}.qkv_proj.weight", None, 0)
+    assert where[f"{attn}.k_proj.weight"] == (f"{attn}.qkv_proj.weight", None, 128)  # after q: 4 heads of 32
+    assert where[f"{attn}.v_proj.weight"] == (f"{attn}.qkv_proj.weight", None, 128 + 64)
+    assert where[f"{mlp}.up_proj.weight"] == (f"{mlp}.gate_up_proj.weight", None, 384)
+    assert where[f"{attn}.q_norm.weight"] == (f"{attn}.q_norm.weight", None, 0)
+    assert where["lm_head.weight"] == ("lm_head.weight", None, 0)
     assert set(where) == set(weights.specs)
 
 
@@ -113,3 +113,20 @@ def test_checksum_reads_first_and_last_rows():
     changed[5, 1] += 1e-3
     assert not checksums_agree(float(checksum(t)), float(checksum(changed)))
     assert checksums_agree(float(checksum(t)), float(checksum(t.t().contiguous().t())))  # other strides
+
+
+def test_moe_specs_are_checkpoint_names_and_locate_in_fused_experts():
+    """Qwen3-MoE: transformers fuses the experts in memory but checkpoints (and updates) name each one;
+    vLLM holds them at their expert's index of w13 = [gate; up] and w2."""
+    from tests.model.tiny import tiny_moe_config
+
+    config = AutoConfig.for_model("qwen3_moe", **{k: v for k, v in tiny_moe_config().items() if k != "model_type"})
+    specs, aliases = hf_weight_specs(config, torch.float32)
+    expert = "model.layers.1.mlp.experts.3."
+    assert specs[expert + "up_proj.weight"] == ((32, 64), torch.float32) and not aliases
+    assert specs["model.layers.1.mlp.gate.weight"] == ((4, 64), torch.float32)
+    where = engine_locations(specs, {"qkv_proj": ["q_proj", "k_proj", "v_proj"]})
+    fused = "model.layers.1.mlp.experts.routed_experts."
+    assert where[expert + "gate_proj.weight"] == (fused + "w13_weight", 3, 0)
+    assert where[expert + "up_proj.weight"] == (fused + "w13_weight", 3, 32)
+    assert where[expert + "down_proj.weight"] == (fused + "w2_weight", 3, 0)

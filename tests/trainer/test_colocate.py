@@ -67,8 +67,8 @@ def test_one_step_sleeps_updates_wakes_and_refits_in_order(monkeypatch):
 def _train(dtype: str, offload: bool) -> dict:
     """Three optimizer steps; with ``offload`` the trainer leaves the device between steps as in a
     colocated run. Returns the weights, and what the offload left on the device."""
+    from megatron_grpo.families import arch_from_dict
     from megatron_grpo.launch import init_distributed, shutdown
-    from megatron_grpo.model import arch_from_dict
     from megatron_grpo.model.policy import MegatronPolicy
     from tests.model.tiny import model_cfg, parallel_cfg, tiny_hf_config
 
