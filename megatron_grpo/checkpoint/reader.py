@@ -9,6 +9,7 @@ Peak memory of a read: the requested region plus one stored chunk (a TP shard of
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from torch.distributed.checkpoint.planner_helpers import create_read_items_for_c
 from megatron_grpo.checkpoint.files import CheckpointError
 
 LAYER_PREFIX = "decoder.layers."
+_OPTIMIZER = re.compile(r"^(chained_\d+\.)?optimizer\.")
 
 
 class _RegionPlanner(DefaultLoadPlanner):
@@ -67,8 +69,9 @@ class CheckpointReader:
             raise CheckpointError(f"checkpoint {self.path}: unreadable .metadata: {exc}") from exc
 
     def model_keys(self) -> list[str]:
-        """Model weight keys (optimizer state and TE ``_extra_state`` blobs excluded), in stored order."""
-        return [k for k in self._tensors if not k.startswith("optimizer.") and "_extra_state" not in k]
+        """Model weight keys (optimizer state and TE ``_extra_state`` blobs excluded), in stored order.
+        With expert parallelism the optimizer is Megatron's chained one: its keys start ``chained_<n>.``."""
+        return [k for k in self._tensors if not _OPTIMIZER.match(k) and "_extra_state" not in k]
 
     def shape(self, key: str) -> tuple[int, ...]:
         return tuple(self._tensors[key].size)

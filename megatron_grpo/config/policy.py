@@ -64,13 +64,8 @@ class ParallelConfig:
 
     def validate(self) -> None:
         for name in ("tensor", "pipeline", "expert", "expert_tensor"):
-            if (getattr(self, name) or 1) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        if self.expert == 1 and self.expert_tensor not in (None, self.tensor):
-            # Megatron-Core marks expert weights expert-parallel only when EP > 1; with EP 1 it reduces
-            # their gradients over the dense data-parallel group, which misses the other TP ranks' tokens.
-            raise ConfigError(f"expert_tensor: {self.expert_tensor} differs from tensor {self.tensor} with "
-                              "expert 1; Megatron-Core reduces such expert gradients wrongly (set expert > 1)")
         if self.sequence_parallel and self.tensor == 1:
             raise ConfigError("sequence_parallel: needs tensor > 1")
         if self.virtual_pipeline is not None and (self.virtual_pipeline < 2 or self.pipeline < 2):

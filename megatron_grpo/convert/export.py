@@ -23,6 +23,9 @@ from megatron_grpo.convert.mapping import match_mcore, rules_for, split, unpad
 from megatron_grpo.convert.verify import ConvertError, ExportCheck, check_hf_checkpoint
 from megatron_grpo.families import ModelArch, hf_config_path, load_arch
 
+STACKED_EXPERTS = ".mlp.experts.experts."
+"""Where Megatron's dist checkpoint keeps the routed experts (SequentialMLP's and TEGroupedMLP's alike):
+one key per expert weight with an expert axis after the layer axis, every expert at its global index."""
 EXPORT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 _CONFIG_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16"}
 _TOKENIZER_FILES = ("tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.*", "merges.txt",
@@ -64,7 +67,12 @@ def checkpoint_hf_tensors(reader: CheckpointReader, arch: ModelArch) -> Iterator
         yield from convert(key, reader.read(key))
     for i in range(arch.num_layers):
         for key in layered:
-            yield from convert(LAYER_PREFIX + f"{i}." + key[len(LAYER_PREFIX):], reader.read(key, layer=i))
+            name, tensor = LAYER_PREFIX + f"{i}." + key[len(LAYER_PREFIX):], reader.read(key, layer=i)
+            if STACKED_EXPERTS in name:  # [expert, ...]: one Megatron expert parameter per index
+                for e, expert in enumerate(tensor):
+                    yield from convert(name.replace(STACKED_EXPERTS, f".mlp.experts.local_experts.{e}."), expert)
+            else:
+                yield from convert(name, tensor)
     for key in tail:
         yield from convert(key, reader.read(key))
 

@@ -94,11 +94,14 @@ def dense_mlp_rules(arch: ModelArch) -> list[Rule]:
 
 def moe_mlp_rules(arch: ModelArch) -> list[Rule]:
     """Routed experts: Megatron's SequentialMLP (local spec) names each expert a module; TE's grouped
-    GEMM (``TEGroupedMLP``) suffixes the weight with the expert's index. The MoE norm is never fused."""
+    GEMM (``TEGroupedMLP``) suffixes the weight with the expert's index. The MoE norm is never fused into
+    a linear, but the local spec checkpoints it under the fused name (``linear_fc1.layer_norm_weight``)."""
     expert = A + "mlp.experts.{e}."
     fc1, fc2 = (expert + "gate_proj.weight", expert + "up_proj.weight"), (expert + "down_proj.weight",)
+    norm = (A + "post_attention_layernorm.weight",)
     return [
-        Rule(L + "pre_mlp_layernorm.weight", (A + "post_attention_layernorm.weight",), "replicated"),
+        Rule(L + "pre_mlp_layernorm.weight", norm, "replicated"),
+        Rule(L + "mlp.linear_fc1.layer_norm_weight", norm, "replicated"),
         Rule(L + "mlp.router.weight", (A + "mlp.gate.weight",), "replicated"),
         Rule(L + "mlp.experts.local_experts.{e}.linear_fc1.weight", fc1, "glu"),
         Rule(L + "mlp.experts.local_experts.{e}.linear_fc2.weight", fc2, "row"),

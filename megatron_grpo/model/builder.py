@@ -139,8 +139,22 @@ def build_model(arch: ModelArch, model_cfg: ModelConfig, par: ParallelConfig) ->
         )
         if platform.accelerated():  # torch norms (no TE/apex) and some buffers are made on the host
             model.to(platform.device())
+        if arch.is_moe:
+            _experts_always_expert_parallel(model)
         chunks.append(model)
     return chunks
+
+
+def _experts_always_expert_parallel(model: GPTModel) -> None:
+    """Megatron marks routed-expert weights expert-parallel (``allreduce=False``) only when EP > 1. At EP 1
+    they then join the dense parameters: one optimizer instead of the chained dense + expert pair, so a
+    checkpoint's optimizer keys change with EP and cannot reshard between EP 1 and EP 2; and with
+    expert_tensor < tensor their gradients are reduced over the dense data-parallel group, which misses
+    the other TP ranks' tokens. Marked always, they are reduced over the expert-data-parallel group, which
+    at EP 1 with expert_tensor = tensor is the same group, and elsewhere the right one."""
+    for name, param in model.named_parameters():
+        if ".mlp.experts." in name:
+            param.allreduce = False
 
 
 def wrap_ddp(chunks: list[GPTModel], par: ParallelConfig) -> list[DistributedDataParallel]:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tests.dist import run_distributed
-from tests.model.tiny import hf_model, hf_state_dict, smooth_adam, tiny_hf_config
+from tests.model.tiny import hf_model, hf_state_dict, smooth_adam, tiny_hf_config, tiny_moe_config
 
 SEQS, LEN = 4, 10
 OPTIM = dataclasses.replace(smooth_adam(), warmup_steps=3)  # the LR changes every step: the schedule must resume
@@ -60,11 +60,11 @@ def _policy(config: dict, layout: dict, weights=None):
     return MegatronPolicy(arch_from_dict(config), model_cfg(), par, OPTIM, total_steps=10, hf_weights=weights)
 
 
-def _train_save_train(config: dict, weights: dict, root: str):
+def _train_save_train(config: dict, weights: dict, root: str, layout: dict | None = None):
     from megatron_grpo.checkpoint import save_checkpoint
     from megatron_grpo.launch import shutdown
 
-    policy = _policy(config, {"tensor": 2}, weights)
+    policy = _policy(config, layout or {"tensor": 2}, weights)
     _step(policy, config["vocab_size"])
     save_checkpoint(root, 1, policy, {"step": 1, "sampler": [3, 4]}, keep_last=2)
     after_save = _snapshot(policy, config["vocab_size"])
@@ -99,13 +99,10 @@ def _assert_weights_close(got: dict, expected: dict, before: dict):
         torch.testing.assert_close(update, want, rtol=1e-4, atol=1e-4 * want.abs().max().item(), msg=name)
 
 
-@pytest.mark.slow
-def test_save_tp2_resume_at_tp1_and_pp2(tmp_path):
-    config = tiny_hf_config(tie=False)
-    weights = hf_state_dict(hf_model(config), tie=False)
+def _save_and_resume(tmp_path, config: dict, saved_at: dict, layouts: dict):
+    weights = hf_state_dict(hf_model(config), tie=config["tie_word_embeddings"])
     root = str(tmp_path / "ckpt")
-    after_save, after_step2 = run_distributed(_train_save_train, 2, config, weights, root)[0]
-    layouts = {"tp1_dp2": {}, "pp2": {"pipeline": 2}}
+    after_save, after_step2 = run_distributed(_train_save_train, 2, config, weights, root, saved_at)[0]
     resumed = run_distributed(_resume_at_layouts, 2, config, root, layouts)[0]
     for name in layouts:
         extra, loaded, stepped = resumed[name]
@@ -116,3 +113,16 @@ def test_save_tp2_resume_at_tp1_and_pp2(tmp_path):
             assert torch.equal(loaded["weights"][k], w), (name, k)  # loading itself is exact
         assert stepped["lr"] == after_step2["lr"] != after_save["lr"]
         _assert_weights_close(stepped["weights"], after_step2["weights"], after_save["weights"])
+
+
+@pytest.mark.slow
+def test_save_tp2_resume_at_tp1_and_pp2(tmp_path):
+    _save_and_resume(tmp_path, tiny_hf_config(tie=False), {"tensor": 2}, {"tp1_dp2": {}, "pp2": {"pipeline": 2}})
+
+
+@pytest.mark.slow
+def test_moe_save_ep2_resume_at_ep1_and_etp2(tmp_path):
+    """Expert parallelism reshards too: the chained (dense + expert) distributed optimizer's state moves
+    from 2 experts per rank to all 4 on each rank (EP1 x DP2), and to every expert split over TP."""
+    layouts = {"ep1_dp2": {}, "tp2_etp2": {"tensor": 2, "sequence_parallel": True}}
+    _save_and_resume(tmp_path, tiny_moe_config(), {"expert": 2}, layouts)

@@ -91,10 +91,11 @@ def test_moe_world_checks(world, layout, message):
     check_world(load_config(None, ["parallel.expert=2"]), 2, 4, 2, 2, num_experts=4)  # and a layout that fits
 
 
-def test_expert_tensor_must_match_tensor_without_expert_parallelism():
-    with pytest.raises(ConfigError, match="expert_tensor: 1 differs from tensor 2 with expert 1"):
-        load_config(None, ["parallel.tensor=2", "parallel.expert_tensor=1"])
+def test_expert_tensor_defaults_to_tensor():
     assert load_config(None, ["parallel.tensor=2"]).parallel.expert_tensor_size == 2
+    assert load_config(None, ["parallel.tensor=2", "parallel.expert_tensor=1"]).parallel.expert_tensor_size == 1
+    with pytest.raises(ConfigError, match="expert_tensor: must be >= 1, got 0"):
+        load_config(None, ["parallel.expert_tensor=0"])
 
 
 def _reference_table() -> dict[str, str]:
