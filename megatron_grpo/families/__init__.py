@@ -73,14 +73,19 @@ def arch_from_dict(cfg: dict[str, Any], where: str = "<config>") -> ModelArch:
 
 
 def hf_layout(arch: ModelArch) -> dict[str, Shape]:
-    """Every HF tensor name and shape the architecture implies, in checkpoint order (what an export must
-    contain, what a refit sends)."""
+    """Every HF tensor name and shape the architecture implies, in the order a refit streams them: layer by
+    layer, a routed expert's tensors together (what an export must contain, what a refit sends)."""
     out = {"model.embed_tokens.weight": (arch.vocab_size, arch.hidden_size)}
-    per_layer = family(arch).layer_layout(arch)
+    per_layer = list(family(arch).layer_layout(arch).items())
     for i in range(arch.num_layers):
-        for suffix, shape in per_layer.items():
-            for e in range(arch.num_experts) if "{e}" in suffix else [None]:
-                out[f"model.layers.{i}." + suffix.format(e=e)] = shape
+        j = 0
+        while j < len(per_layer):  # a run of per-expert suffixes expands expert by expert
+            run = [per_layer[j]]
+            while "{e}" in run[0][0] and j + len(run) < len(per_layer) and "{e}" in per_layer[j + len(run)][0]:
+                run.append(per_layer[j + len(run)])
+            for e in range(arch.num_experts) if "{e}" in run[0][0] else [None]:
+                out.update({f"model.layers.{i}." + suffix.format(e=e): shape for suffix, shape in run})
+            j += len(run)
     out["model.norm.weight"] = (arch.hidden_size,)
     if not arch.tie_word_embeddings:
         out["lm_head.weight"] = (arch.vocab_size, arch.hidden_size)

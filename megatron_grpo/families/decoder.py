@@ -126,10 +126,10 @@ def attention_layout(arch: ModelArch) -> dict[str, Shape]:
     h, d = arch.hidden_size, arch.head_dim
     q, kv = arch.num_attention_heads * d, arch.num_query_groups * d
     out: dict[str, Shape] = {"input_layernorm.weight": (h,)}
-    for proj, rows in (("q", q), ("k", kv), ("v", kv)):
-        out[f"self_attn.{proj}_proj.weight"] = (rows, h)
-        if arch.qkv_bias:
-            out[f"self_attn.{proj}_proj.bias"] = (rows,)
+    projections = (("q", q), ("k", kv), ("v", kv))  # the order of Megatron's fused QKV, weights then biases
+    out.update({f"self_attn.{proj}_proj.weight": (rows, h) for proj, rows in projections})
+    if arch.qkv_bias:
+        out.update({f"self_attn.{proj}_proj.bias": (rows,) for proj, rows in projections})
     if arch.qk_layernorm:
         out.update({"self_attn.q_norm.weight": (d,), "self_attn.k_norm.weight": (d,)})
     out["self_attn.o_proj.weight"] = (h, q)

@@ -112,3 +112,28 @@ def test_every_family_is_registered_once_by_its_architecture():
 
     with pytest.raises(ValueError, match="registered twice"):
         register(FAMILIES["Qwen2ForCausalLM"])
+
+
+@pytest.mark.parametrize("config", [tiny_qwen2_config(), tiny_moe_config()], ids=["qwen2", "qwen3_moe"])
+def test_layout_order_is_the_order_megatron_streams(config):
+    """A refit checks each streamed tensor against the layout in order; Megatron emits a fused tensor's
+    parts together (q, k, v weights, then their biases) and a routed expert's tensors together."""
+    from megatron_grpo.convert.mapping import match_mcore, rules_for
+
+    arch = arch_from_dict(config)
+    names = list(hf_layout(arch))
+    rules = rules_for(arch)
+    fused = ["decoder.layers.0.self_attention.linear_qkv.weight", "decoder.layers.0.self_attention.linear_qkv.bias",
+             "decoder.layers.0.mlp.experts.local_experts.1.linear_fc1.weight"]
+    for mcore in fused:
+        try:
+            parts = match_mcore(mcore, rules).hf_names
+        except KeyError:
+            continue  # not this family's parameter
+        start = names.index(parts[0])
+        assert names[start:start + len(parts)] == list(parts), mcore
+    if arch.is_moe:
+        expert = "model.layers.0.mlp.experts.1."
+        start = names.index(expert + "gate_proj.weight")
+        projections = ("gate_proj.weight", "up_proj.weight", "down_proj.weight")
+        assert names[start:start + 3] == [expert + p for p in projections]
