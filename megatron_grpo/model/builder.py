@@ -57,10 +57,10 @@ def layer_spec(arch: ModelArch, model_cfg: ModelConfig) -> ModuleSpec:
 def _family_fields(arch: ModelArch, model_cfg: ModelConfig, par: ParallelConfig, te: bool) -> dict:
     fields = family(arch).megatron(arch)
     if arch.is_moe:
-        coef = arch.router_aux_loss_coef if model_cfg.moe_aux_loss_coef is None else model_cfg.moe_aux_loss_coef
         fields.update(
-            moe_aux_loss_coeff=coef,
-            moe_router_load_balancing_type="aux_loss" if coef > 0 else "none",
+            # no load-balancing loss (the HF config's router_aux_loss_coef is not used): see ModelConfig
+            moe_aux_loss_coeff=model_cfg.moe_aux_loss_coef,
+            moe_router_load_balancing_type="none",
             moe_grouped_gemm=te,
             expert_model_parallel_size=par.expert,
             expert_tensor_parallel_size=par.expert_tensor_size,

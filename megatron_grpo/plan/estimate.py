@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, replace
 
 from megatron_grpo.config import Config, ConfigError, check_world, load_config
-from megatron_grpo.families import ModelArch, load_arch, padded_vocab_size
+from megatron_grpo.families import ModelArch, load_arch, padded_vocab_size, param_counts
 
 GIB = 2**30
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -57,6 +57,9 @@ class Layout:
     rollout_tp: int
     engines: int
     engine_gpus: int = 0  # disaggregated: GPUs that only generate (0: the engines share the trainer's)
+    ep: int = 1  # expert parallel (MoE): routed experts spread over ep GPUs
+    etp: int = 1  # tensor parallel inside each expert
+    edp: int = 1  # expert data parallel: world / (etp x ep x pp), what the experts' optimizer state shards over
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,7 @@ class Plan:
     rollout: RolloutMemory
     throughput: Throughput
     advice: tuple[str, ...] = ()
+    params_active: int = 0  # MoE: parameters one token passes through (0 for a dense model)
 
     @property
     def fits_train(self) -> bool:
@@ -159,25 +163,49 @@ class Plan:
 # ---- model arithmetic ----------------------------------------------------------------------------
 
 
-def layer_params(arch: ModelArch, tp: int = 1) -> int:
-    """One decoder layer on one TP rank: q,k,v,o and gate,up,down are split, the four norms are not."""
-    h, d, f = arch.hidden_size, arch.head_dim, arch.ffn_hidden_size
-    split = 2 * arch.num_attention_heads * d * h + 2 * arch.num_query_groups * d * h + 3 * f * h
-    return -(-split // tp) + 2 * h + 2 * d
+def layer_params(arch: ModelArch, tp: int = 1, ep: int = 1, etp: int | None = None) -> int:
+    """One decoder layer on one GPU: q,k,v,o and a dense MLP's gate,up,down are split over TP, the norms
+    (and an MoE router) are not; routed experts are spread over EP (``num_experts / ep`` each) and each
+    expert split over expert-TP (``etp``, default ``tp``)."""
+    h, d = arch.hidden_size, arch.head_dim
+    attention = 2 * arch.num_attention_heads * d * h + 2 * arch.num_query_groups * d * h
+    norms = 2 * h + 2 * d * arch.qk_layernorm
+    if not arch.is_moe:
+        return -(-(attention + 3 * arch.ffn_hidden_size * h) // tp) + norms
+    return -(-attention // tp) + norms + arch.num_experts * h + _layer_experts(arch, ep, etp or tp)
+
+
+def _layer_experts(arch: ModelArch, ep: int, etp: int) -> int:
+    """One layer's routed-expert parameters on one GPU: its num_experts / ep experts, each split over etp."""
+    return arch.num_experts // ep * -(-param_counts(arch).layer_expert // etp)
+
+
+def stage_expert_params(arch: ModelArch, tp: int, pp: int, ep: int, etp: int) -> int:
+    """Of ``stage_params``, the routed experts' (the distributed optimizer shards them over the
+    expert-data-parallel group, everything else over the data-parallel group)."""
+    return arch.num_layers // pp * _layer_experts(arch, ep, etp) if arch.is_moe else 0
 
 
 def total_params(arch: ModelArch) -> int:
     """All HF parameters (tied embeddings counted once)."""
-    embed = arch.vocab_size * arch.hidden_size * (1 if arch.tie_word_embeddings else 2)
-    return arch.num_layers * layer_params(arch) + embed + arch.hidden_size
+    return param_counts(arch).total(arch)
 
 
-def stage_params(arch: ModelArch, tp: int, pp: int, vocab: int) -> int:
-    """Parameters of the largest pipeline stage on one TP rank: the last one (layers, final norm,
-    output layer), which with PP > 1 also holds the tied embedding's copy."""
+def stage_params(arch: ModelArch, tp: int, pp: int, vocab: int, ep: int = 1, etp: int | None = None) -> int:
+    """Parameters of the largest pipeline stage on one GPU: the last one (layers, final norm, output
+    layer), which with PP > 1 also holds the tied embedding's copy."""
     copies = 2 if pp == 1 and not arch.tie_word_embeddings else 1
     embed = -(-vocab * arch.hidden_size // tp)
-    return arch.num_layers // pp * layer_params(arch, tp) + arch.hidden_size + copies * embed
+    return arch.num_layers // pp * layer_params(arch, tp, ep, etp) + arch.hidden_size + copies * embed
+
+
+def mlp_width(arch: ModelArch) -> int:
+    """Per token, one layer: elements of the MLP's intermediate activations (gate/up output 2f and the
+    down-projection input f). A token routed to k experts has them k times, plus its permuted copies in
+    and out of the experts (2k h: the all-to-all dispatcher's buffers)."""
+    if not arch.is_moe:
+        return 3 * arch.ffn_hidden_size
+    return arch.moe_topk * (3 * arch.moe_ffn_hidden_size + 2 * arch.hidden_size)
 
 
 def layer_activation_elems(arch: ModelArch, tp: int, sp: bool) -> tuple[float, float]:
@@ -185,10 +213,10 @@ def layer_activation_elems(arch: ModelArch, tp: int, sp: bool) -> tuple[float, f
 
     Saved: both norm inputs and the two linear inputs they feed (4h; TP-replicated unless sequence
     parallel), q/k-norm inputs ((a+g)d), post-RoPE q,k,v and the flash-attention output ((2a+2g)d),
-    SwiGLU's gate/up output (2f) and down-projection input (f); no dropout, no s^2 attention scores.
+    the MLP's intermediates (``mlp_width``); no dropout, no s^2 attention scores.
     """
     h, d = arch.hidden_size, arch.head_dim
-    heads = 3 * (arch.num_attention_heads + arch.num_query_groups) * d + 3 * arch.ffn_hidden_size
+    heads = 3 * (arch.num_attention_heads + arch.num_query_groups) * d + mlp_width(arch)
     replicated = 4 * h
     if sp:
         return (replicated + heads) / tp, h / tp
@@ -196,8 +224,10 @@ def layer_activation_elems(arch: ModelArch, tp: int, sp: bool) -> tuple[float, f
 
 
 def matmul_params(arch: ModelArch) -> int:
-    """Parameters that take part in a matmul per token (the embedding lookup does not, the output layer does)."""
-    return arch.num_layers * layer_params(arch) + arch.vocab_size * arch.hidden_size
+    """Parameters that take part in a matmul per token (the embedding lookup does not, the output layer
+    does; of the routed experts only the top-k)."""
+    counts = param_counts(arch)
+    return counts.active(arch) - counts.embedding - counts.final_norm + arch.vocab_size * arch.hidden_size
 
 
 # ---- the plan ------------------------------------------------------------------------------------
@@ -216,11 +246,12 @@ def _plan(cfg: Config, arch: ModelArch, nodes: int, gpus_per_node: int, gpu_mem_
           assume: Assumptions) -> Plan:
     layout = _layout(cfg, arch, nodes * gpus_per_node, assume.engines)
     vocab = padded_vocab_size(arch.vocab_size, cfg.model.make_vocab_size_divisible_by, layout.tp)
-    per_gpu = stage_params(arch, layout.tp, layout.pp, vocab)
+    per_gpu = stage_params(arch, layout.tp, layout.pp, vocab, layout.ep, layout.etp)
     train = _train_memory(cfg, arch, layout, per_gpu, vocab)
     rollout = _rollout_memory(cfg, arch, layout, train, gpu_mem_gb * GIB, assume)
     return Plan(layout=layout, gpu_mem=gpu_mem_gb * GIB, usable=(gpu_mem_gb - assume.reserve_gb) * GIB,
                 params_total=total_params(arch), params_per_gpu=per_gpu, train=train, rollout=rollout,
+                params_active=param_counts(arch).active(arch) if arch.is_moe else 0,
                 throughput=_throughput(cfg, arch, layout, assume))
 
 
@@ -242,8 +273,9 @@ def _layout(cfg: Config, arch: ModelArch, world: int, engines: int | None) -> La
             raise ConfigError(f"rollout.tensor_parallel: {rtp} does not divide the world size {world}")
         if engines is not None and not 1 <= engines <= world // rtp:
             raise ConfigError(f"engines: {engines} not in [1, world / rollout.tensor_parallel = {world // rtp}]")
+    ep, etp = cfg.parallel.expert, cfg.parallel.expert_tensor_size
     return Layout(world=world, tp=tp, pp=pp, dp=world // (tp * pp), rollout_tp=rtp, engines=engines or world // rtp,
-                  engine_gpus=engine_gpus)
+                  engine_gpus=engine_gpus, ep=ep, etp=etp, edp=world // (etp * ep * pp))
 
 
 def _train_memory(cfg: Config, arch: ModelArch, layout: Layout, per_gpu: int, vocab: int) -> TrainMemory:
@@ -251,7 +283,8 @@ def _train_memory(cfg: Config, arch: ModelArch, layout: Layout, per_gpu: int, vo
     # Megatron keeps fp32 main gradients (grad_reduce_in_fp32) and, for 16-bit params, fp32 master
     # weights; Adam adds two fp32 moments. The distributed optimizer shards master + moments over DP.
     master = 0 if cfg.model.dtype == "fp32" else 4
-    shards = layout.dp if cfg.parallel.distributed_optimizer else 1
+    experts = stage_expert_params(arch, layout.tp, layout.pp, layout.ep, layout.etp)
+    dense_shards, expert_shards = (layout.dp, layout.edp) if cfg.parallel.distributed_optimizer else (1, 1)
     per_layer, layer_in = layer_activation_elems(arch, layout.tp, cfg.parallel.sequence_parallel)
     tokens = cfg.algo.micro_batch_tokens
     # 1F1B: the first stage holds pp micro-batches x L/pp layers = L layers (Korthikanti et al. 2022).
@@ -262,11 +295,11 @@ def _train_memory(cfg: Config, arch: ModelArch, layout: Layout, per_gpu: int, vo
     per_stored = (layer_in if full else per_layer) * tokens * width
     # backward of one layer: its activations again (full recompute) and the gradients of the MLP's
     # gate/up output and of its SwiGLU output (3f) beside them
-    mlp_grads = 3 * arch.ffn_hidden_size / layout.tp * tokens * width
+    mlp_grads = mlp_width(arch) / layout.tp * tokens * width
     return TrainMemory(
         params=per_gpu * width,
         grads=per_gpu * 4,
-        optimizer=per_gpu * (master + 8) / shards,
+        optimizer=((per_gpu - experts) / dense_shards + experts / expert_shards) * (master + 8),
         activations=live_layers * per_stored,
         backward=(per_layer * tokens * width if full else 0.0) + mlp_grads,
         logits=tokens * vocab / layout.tp * _logit_bytes(width, tokens // _seq_tokens(cfg) > 1),
@@ -468,10 +501,13 @@ def format_plan(p: Plan) -> str:
     engines = (f"{lo.engines} rollout engine(s) of TP {lo.rollout_tp} on {lo.engine_gpus} GPUs of their own"
                if lo.engine_gpus else f"{lo.engines} rollout engine(s) of TP {lo.rollout_tp}")
     gpu = "per engine GPU" if lo.engine_gpus else "per GPU"
+    experts = f" (experts: EP {lo.ep} x expert-TP {lo.etp} x expert-DP {lo.edp})" if p.params_active else ""
+    active = f", {p.params_active / 1e9:.2f} B active per token" if p.params_active else ""
     lines = [
-        f"layout: {'trainer ' if lo.engine_gpus else ''}world {lo.world} = TP {lo.tp} x PP {lo.pp} x DP {lo.dp}; "
-        f"{engines}",
-        f"parameters: {p.params_total / 1e9:.2f} B total, {p.params_per_gpu / 1e9:.2f} B on the largest stage per GPU",
+        f"layout: {'trainer ' if lo.engine_gpus else ''}world {lo.world} = TP {lo.tp} x PP {lo.pp} x DP {lo.dp}"
+        f"{experts}; {engines}",
+        f"parameters: {p.params_total / 1e9:.2f} B total{active}, {p.params_per_gpu / 1e9:.2f} B on the largest "
+        "stage per GPU",
         f"training, per GPU (GiB of {_gib(p.usable)} usable): params {_gib(t.params)}, grads {_gib(t.grads)}, "
         f"optimizer {_gib(t.optimizer)}, activations {_gib(t.activations)}, layer in backward {_gib(t.backward)}, "
         f"logits {_gib(t.logits)} -> peak {_gib(t.peak)}  [{'ok' if p.fits_train else 'OVER'}]",

@@ -20,7 +20,7 @@ from megatron_grpo.config import (
     load_config,
 )
 from megatron_grpo.families import arch_from_dict, load_arch
-from megatron_grpo.plan.estimate import GIB, Assumptions, format_plan, main, plan, total_params
+from megatron_grpo.plan.estimate import GIB, Assumptions, format_plan, main, matmul_params, plan, total_params
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "models"
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -222,3 +222,38 @@ def test_engines_that_leave_no_gpu_to_train_are_refused():
         plan(cfg, load_arch(cfg.model.hf_config), nodes=2, gpus_per_node=8)
     with pytest.raises(ConfigError, match="engines: disaggregated placement takes rollout.num_engines"):
         plan(_disaggregated(DISAGGREGATED_32B), QWEN3_32B, 2, 8, assume=Assumptions(engines=1))
+
+
+def test_tiny_moe_numbers_by_hand():
+    """2 layers, 4 experts of gate/up/down 3 x 6 x 8 = 144, top-2, EP2 on 2 GPUs: each holds 2 experts,
+    the 32-element router and the attention whole; a token passes through 2 experts per layer."""
+    moe = arch_from_dict({**QWEN3, "architectures": ["Qwen3MoeForCausalLM"], "hidden_size": 8, "num_hidden_layers": 2,
+                          "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 4, "intermediate_size": 16,
+                          "vocab_size": 100, "tie_word_embeddings": False, "num_experts": 4,
+                          "num_experts_per_tok": 2, "moe_intermediate_size": 6})
+    layer = 64 + 32 + 32 + 64 + 24 + 4 * 8  # attention, norms, router
+    assert total_params(moe) == 2 * (layer + 4 * 144) + 2 * 100 * 8 + 8
+    cfg = dataclasses.replace(_tiny_cfg(), parallel=ParallelConfig(expert=2))
+    p = plan(cfg, moe, nodes=1, gpus_per_node=2, gpu_mem_gb=1.0)
+    assert (p.layout.ep, p.layout.etp, p.layout.edp, p.layout.dp) == (2, 1, 1, 2)
+    assert p.params_per_gpu == 2 * (layer + 2 * 144) + 8 + 2 * 104 * 8
+    assert p.params_active == 2 * (layer + 2 * 144) + 2 * 100 * 8 + 8
+    experts = 2 * 2 * 144  # sharded over expert-DP 1; the rest over DP 2
+    assert p.train.optimizer == (p.params_per_gpu - experts) * 12 / 2 + experts * 12
+    assert "EP 2 x expert-TP 1 x expert-DP 1" in format_plan(p) and "B active per token" in format_plan(p)
+
+
+def test_qwen3_30b_a3b_with_ep8_needs_two_nodes():
+    """Qwen3-30B-A3B in bf16, EP8: on one node every GPU keeps its 16 experts' Adam state whole (expert-DP
+    1) and the step does not fit; on two nodes expert-DP 2 halves it and it fits. The plan says which."""
+    arch = load_arch(CONFIGS / "qwen3-30b-a3b-base.config.json")
+    cfg = load_config(REPO_CONFIGS / "qwen3_4b_dapo.yaml",
+                      ["parallel.expert=8", "model.dtype=bf16", "algo.micro_batch_tokens=8192"])
+    one, two = plan(cfg, arch, 1, 8, 80), plan(cfg, arch, 2, 8, 80)
+    assert 30.4e9 < one.params_total < 30.6e9 and 3.2e9 < one.params_active < 3.5e9
+    assert one.layout.edp == 1 and two.layout.edp == 2
+    assert two.train.optimizer < 0.55 * one.train.optimizer
+    assert not one.fits and any("on 2 nodes" in a for a in one.advice), one.advice
+    assert two.fits, format_plan(two)
+    # FLOPs follow the active parameters: 8 of 128 experts (plus attention and the output layer)
+    assert matmul_params(arch) < 0.12 * total_params(arch)

@@ -22,8 +22,8 @@ def env(extra: dict | None = None) -> dict:
     return {**base, **(extra or {})}
 
 
-def cmd(run_dir: Path, *overrides: str, nproc: int = 1) -> list[str]:
-    args = ["train", "--run-dir", str(run_dir), *QUIET, *overrides]
+def cmd(run_dir: Path, *overrides: str, nproc: int = 1, config: Path | None = None) -> list[str]:
+    args = ["train", "--run-dir", str(run_dir), *(["--config", str(config)] if config else []), *QUIET, *overrides]
     if nproc == 1:
         return [sys.executable, "-m", "megatron_grpo", *args]
     return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
@@ -31,9 +31,9 @@ def cmd(run_dir: Path, *overrides: str, nproc: int = 1) -> list[str]:
 
 
 def train(run_dir: Path, *overrides: str, nproc: int = 1, extra_env: dict | None = None,
-          timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd(run_dir, *overrides, nproc=nproc), env=env(extra_env), capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
+          timeout: float = 600, config: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd(run_dir, *overrides, nproc=nproc, config=config), env=env(extra_env),
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
 def wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen, timeout: float = 300) -> None:
