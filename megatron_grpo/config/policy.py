@@ -24,20 +24,18 @@ class ModelConfig:
     """Activation recomputation; ``full`` recomputes every layer in backward (lowest memory)."""
     make_vocab_size_divisible_by: int = 128
     """Embedding rows are padded to a multiple of this times TP (padding is dropped on export)."""
-    moe_aux_loss_coef: float = 0.0
-    """MoE models: load-balancing auxiliary loss coefficient. Only 0 (no load-balancing loss) for now:
-    Megatron scales the aux loss for a trainer that divides every gradient by the step's token count,
-    which this one does not (its losses are normalised up front), so a coefficient would act multiplied by
-    the micro-batch's tokens. Refused until the scaling is matched (docs/model_families.md)."""
+    moe_aux_loss_coef: float | None = None
+    """MoE models: load-balancing auxiliary loss coefficient; ``None`` takes the HF config's
+    ``router_aux_loss_coef``, 0 turns it off. It weighs the token-weighted mean over the step's
+    micro-batches of Megatron's switch load-balancing loss (1.0 when every expert gets its share)."""
 
     def validate(self) -> None:
         if not self.hf_config:
             raise ConfigError("hf_config: required (path to a HF config.json)")
         if self.make_vocab_size_divisible_by < 1:
             raise ConfigError("make_vocab_size_divisible_by: must be >= 1")
-        if self.moe_aux_loss_coef != 0:
-            raise ConfigError(f"moe_aux_loss_coef: {self.moe_aux_loss_coef} is not supported yet, only 0 (the "
-                              "aux loss's gradient scale does not match this trainer's loss normalisation)")
+        if self.moe_aux_loss_coef is not None and self.moe_aux_loss_coef < 0:
+            raise ConfigError(f"moe_aux_loss_coef: must be >= 0, got {self.moe_aux_loss_coef}")
 
 
 @dataclass(frozen=True)

@@ -54,13 +54,20 @@ def layer_spec(arch: ModelArch, model_cfg: ModelConfig) -> ModuleSpec:
     return spec
 
 
+def aux_loss_coef(arch: ModelArch, model_cfg: ModelConfig) -> float:
+    """The MoE load-balancing loss coefficient: the config's, else the HF config's; 0 for a dense model."""
+    if not arch.is_moe:
+        return 0.0
+    return arch.router_aux_loss_coef if model_cfg.moe_aux_loss_coef is None else model_cfg.moe_aux_loss_coef
+
+
 def _family_fields(arch: ModelArch, model_cfg: ModelConfig, par: ParallelConfig, te: bool) -> dict:
     fields = family(arch).megatron(arch)
     if arch.is_moe:
+        coef = aux_loss_coef(arch, model_cfg)  # rescaled every step: forward.train_micro_batches
         fields.update(
-            # no load-balancing loss (the HF config's router_aux_loss_coef is not used): see ModelConfig
-            moe_aux_loss_coeff=model_cfg.moe_aux_loss_coef,
-            moe_router_load_balancing_type="none",
+            moe_aux_loss_coeff=coef,
+            moe_router_load_balancing_type="aux_loss" if coef > 0 else "none",
             moe_grouped_gemm=te,
             expert_model_parallel_size=par.expert,
             expert_tensor_parallel_size=par.expert_tensor_size,

@@ -27,6 +27,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_grpo import platform
 from megatron_grpo.algo.loss import reduce_metrics
+from megatron_grpo.convert.weights import unwrap
 from megatron_grpo.model.logprobs import token_entropy, token_logprobs
 
 Batch = dict[str, torch.Tensor]
@@ -121,16 +122,18 @@ def broadcast_from_last_stage(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def train_micro_batches(model: list, optimizer, micro_batches: list[Batch], vocab_size: int,
-                        temperature: float, loss_fn: LossFn,
-                        entropy: Entropy = "metric") -> tuple[dict[str, float], bool, float]:
+                        temperature: float, loss_fn: LossFn, entropy: Entropy = "metric",
+                        aux_loss_coef: float = 0.0) -> tuple[dict[str, float], bool, float]:
     """One optimizer step over ``micro_batches``: zero grads, forward/backward, sync grads, step.
 
     Returns (summed metrics, whether the update was applied, grad norm). Metrics are summed over
-    micro-batches and DP ranks, which is the global value for globally normalised quantities.
+    micro-batches and DP ranks, which is the global value for globally normalised quantities; an MoE
+    model adds its load-balancing loss (``moe/load_balancing_loss``, mean over layers and micro-batches).
     """
     for chunk in model:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
+    moe = _scale_aux_loss(model, micro_batches, aux_loss_coef)
     outputs = run_micro_batches(model, micro_batches, vocab_size, temperature, loss_fn, entropy)
     finalize_model_grads(model)  # DP grad all-reduce/reduce-scatter, tied-embedding and SP norm grads
     grads_finite = _grads_finite(model)
@@ -138,7 +141,49 @@ def train_micro_batches(model: list, optimizer, micro_batches: list[Batch], voca
         applied, grad_norm, _ = optimizer.step()
     else:
         applied, grad_norm = False, float("nan")
-    return _reduce_metrics(outputs), bool(applied), float(grad_norm if grad_norm is not None else 0.0)
+    metrics = _reduce_metrics(outputs)
+    if moe:
+        metrics.update(_router_metrics(model, len(micro_batches)))
+    return metrics, bool(applied), float(grad_norm if grad_norm is not None else 0.0)
+
+
+def _scale_aux_loss(model: list, micro_batches: list[Batch], coef: float) -> bool:
+    """Make the MoE load-balancing loss weigh ``coef`` x its token-weighted mean over the step's micro-batches
+    (all DP ranks). Megatron's router multiplies each micro-batch's aux loss by its token count, expecting
+    the trainer to divide every gradient by the step's token count later (``calculate_per_token_loss``);
+    this trainer normalises its losses up front instead, so the division goes into the coefficient, which
+    the routers read at every forward. Returns whether the model routes experts."""
+    config = unwrap(model[0]).config  # shared by every chunk and router
+    if not config.num_moe_experts:
+        return False
+    from megatron.core.transformer.moe.moe_utils import clear_aux_losses_tracker
+
+    clear_aux_losses_tracker()  # this step's values only
+    tp = ps.get_tensor_model_parallel_world_size()
+    local = sum(mb["tokens"].shape[0] * -(-mb["tokens"].shape[1] // tp) * tp for mb in micro_batches)
+    tokens = torch.tensor([float(local)], dtype=torch.float64, device=platform.device())
+    dist.all_reduce(tokens, group=ps.get_data_parallel_group())
+    if coef > 0:
+        config.moe_aux_loss_coeff = coef / max(platform.to_host(tokens).item(), 1.0)
+    return True
+
+
+def _router_metrics(model: list, local_micro_batches: int) -> dict[str, float]:
+    """Mean over layers and over the step's micro-batches (all DP ranks) of the switch load-balancing loss
+    Megatron's routers tracked (1.0: every expert got its share); empty without an aux loss."""
+    from megatron.core.transformer.moe.moe_utils import clear_aux_losses_tracker, get_moe_layer_wise_logging_tracker
+
+    tracked = get_moe_layer_wise_logging_tracker().get("load_balancing_loss")
+    if not tracked:
+        return {}
+    values = tracked["values"].to(torch.float64)  # per layer, summed over this rank's micro-batches
+    box = torch.stack([values.sum(), torch.tensor(float(local_micro_batches), dtype=torch.float64,
+                                                  device=values.device)])
+    dist.all_reduce(box[:1], group=ps.get_pipeline_model_parallel_group())  # each stage tracks its layers
+    dist.all_reduce(box, group=ps.get_data_parallel_group())
+    clear_aux_losses_tracker()
+    total, count = platform.to_host(box).tolist()
+    return {"moe/load_balancing_loss": total / (count * unwrap(model[0]).config.num_layers)}
 
 
 def _grads_finite(model: list) -> bool:

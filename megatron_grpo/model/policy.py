@@ -10,7 +10,7 @@ from megatron_grpo import platform
 from megatron_grpo.config import ModelConfig, OptimizerConfig, ParallelConfig
 from megatron_grpo.convert.weights import load_hf_weights, stage_hf_tensors
 from megatron_grpo.families import ModelArch, padded_vocab_size
-from megatron_grpo.model.builder import build_model, build_optimizer, wrap_ddp
+from megatron_grpo.model.builder import aux_loss_coef, build_model, build_optimizer, wrap_ddp
 from megatron_grpo.model.forward import Batch, Entropy, LossFn, forward_logprobs, train_micro_batches
 from megatron_grpo.model.init import RandomHFWeights
 from megatron_grpo.model.offload import TrainerOffload
@@ -27,6 +27,7 @@ class MegatronPolicy:
         same initial model under every parallel layout."""
         self.arch = arch
         self.dtype = DTYPES[model_cfg.dtype]
+        self.aux_loss_coef = aux_loss_coef(arch, model_cfg)
         chunks = build_model(arch, model_cfg, parallel)
         # Before DDP/optimizer: they copy parameters into their own buffers / fp32 masters.
         padded = padded_vocab_size(arch.vocab_size, model_cfg.make_vocab_size_divisible_by, parallel.tensor)
@@ -49,7 +50,8 @@ class MegatronPolicy:
         for chunk in self.model:
             chunk.train()
         metrics, applied, grad_norm = train_micro_batches(
-            self.model, self.optimizer, micro_batches, self.arch.vocab_size, temperature, loss_fn, entropy
+            self.model, self.optimizer, micro_batches, self.arch.vocab_size, temperature, loss_fn, entropy,
+            self.aux_loss_coef,
         )
         if applied:
             self.scheduler.step(increment=1)

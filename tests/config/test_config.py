@@ -48,7 +48,7 @@ def test_overrides_parse_types_and_paths_relative_to_cwd(tmp_path, monkeypatch):
     (["rollout.placement=disaggregated", "rollout.max_staleness=1", "algo.dynamic_sampling=true"],
      "rollout.max_staleness: dynamic sampling regenerates"),
     (["model.dtype=fp8"], "model.dtype: 'fp8' is not one of ['fp32', 'bf16', 'fp16']"),
-    (["model.moe_aux_loss_coef=0.01"], "moe_aux_loss_coef: 0.01 is not supported yet, only 0"),
+    (["model.moe_aux_loss_coef=-0.01"], "moe_aux_loss_coef: must be >= 0, got -0.01"),
     (["nonsense"], "override 'nonsense' must look like key.path=value"),
 ])
 def test_invalid_values_name_the_key(overrides, message):

@@ -5,13 +5,14 @@ as one process. The dense Qwen3 cases live in test_parallel.py; this reuses its 
 from __future__ import annotations
 
 import pytest
-import torch
 
 from tests.dist import run_distributed
-from tests.model.test_parallel import SEQS, _assert_same, _batch, _worker
+from tests.model.test_parallel import _assert_matches_transformers, _assert_same, _worker
 from tests.model.tiny import hf_model, hf_state_dict, tiny_moe_config, tiny_qwen2_config
 
 CONFIGS = {"qwen2": tiny_qwen2_config, "qwen3_moe": tiny_moe_config}
+# Without the load-balancing loss (tests/model/test_moe_aux_loss.py checks it at EP1 and EP2)
+MODEL_KW = {"qwen2": {}, "qwen3_moe": {"moe_aux_loss_coef": 0.0}}
 
 
 @pytest.fixture(scope="module")
@@ -19,18 +20,14 @@ def reference(request):
     config = CONFIGS[request.param]()
     model = hf_model(config)
     weights = hf_state_dict(model, config["tie_word_embeddings"])
-    return request.param, config, model, weights, run_distributed(_worker, 1, config, weights, {})[0]
+    single = run_distributed(_worker, 1, config, weights, {}, MODEL_KW[request.param])[0]
+    return request.param, config, model, weights, single
 
 
 @pytest.mark.parametrize("reference", list(CONFIGS), indirect=True)
 def test_single_process_matches_transformers(reference):
     _, config, model, weights, single = reference
-    tokens, _, _ = _batch(config["vocab_size"])
-    with torch.no_grad():
-        logits = model(tokens).logits
-    expected = torch.log_softmax(logits, -1)[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0]
-    got = torch.stack([single["logprobs"][i][0, :-1] for i in range(SEQS)])
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    _assert_matches_transformers(model, single, config["vocab_size"])
     assert single["weights"].keys() == weights.keys()  # exported under the checkpoint's names
     assert single["applied"] and max((single["weights"][k] - v).abs().max().item() for k, v in weights.items()) > 1e-4
 
@@ -54,5 +51,5 @@ CASES = [(family, layout) for family, layouts in LAYOUTS.items() for layout in l
 def test_layout_matches_single_process(reference, layout):
     family, config, _, weights, single = reference
     world, kwargs = LAYOUTS[family][layout]
-    for result in run_distributed(_worker, world, config, weights, kwargs):
+    for result in run_distributed(_worker, world, config, weights, kwargs, MODEL_KW[family]):
         _assert_same(result, single, weights)

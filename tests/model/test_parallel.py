@@ -26,7 +26,7 @@ def _batch(vocab: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return tokens, mask, adv
 
 
-def _worker(config: dict, weights: dict, layout: dict):
+def _worker(config: dict, weights: dict, layout: dict, model_kw: dict | None = None):
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
 
@@ -37,7 +37,7 @@ def _worker(config: dict, weights: dict, layout: dict):
     par = parallel_cfg(**layout)
     init_distributed(par, seed=1)
     arch = arch_from_dict(config)
-    policy = MegatronPolicy(arch, model_cfg(), par, smooth_adam(), total_steps=4, hf_weights=weights)
+    policy = MegatronPolicy(arch, model_cfg(**(model_kw or {})), par, smooth_adam(), total_steps=4, hf_weights=weights)
     tokens, mask, adv = _batch(arch.vocab_size)
     dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
     mine = list(range(dp_rank, SEQS, dp))  # DP ranks take disjoint sequences
@@ -99,14 +99,21 @@ def _assert_same(result, single, before, rel=1e-5):
         assert result["metrics"][key] == pytest.approx(single["metrics"][key], rel=1e-5)
 
 
-def test_single_process_matches_transformers(reference):
-    config, model, _, single = reference
-    tokens, mask, _ = _batch(config["vocab_size"])
+def _assert_matches_transformers(model, single: dict, vocab: int) -> torch.Tensor:
+    """The single-process log-probs of ``_batch`` equal transformers' (fp32); returns the logits."""
+    tokens, _, _ = _batch(vocab)
     with torch.no_grad():
         logits = model(tokens).logits
     expected = torch.log_softmax(logits, -1)[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0]
     got = torch.stack([single["logprobs"][i][0, :-1] for i in range(SEQS)])
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    return logits
+
+
+def test_single_process_matches_transformers(reference):
+    config, model, _, single = reference
+    _, mask, _ = _batch(config["vocab_size"])
+    logits = _assert_matches_transformers(model, single, config["vocab_size"])
     logp = torch.log_softmax(logits, -1)
     entropy = -(logp.exp() * logp).sum(-1)
     assert single["metrics"]["entropy"] == pytest.approx(float((entropy * mask).sum() / mask.sum()), rel=1e-5)
