@@ -133,7 +133,7 @@ def train_micro_batches(model: list, optimizer, micro_batches: list[Batch], voca
     for chunk in model:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
-    moe = _scale_aux_loss(model, micro_batches, aux_loss_coef)
+    aux = _scale_aux_loss(model, micro_batches, aux_loss_coef)
     outputs = run_micro_batches(model, micro_batches, vocab_size, temperature, loss_fn, entropy)
     finalize_model_grads(model)  # DP grad all-reduce/reduce-scatter, tied-embedding and SP norm grads
     grads_finite = _grads_finite(model)
@@ -142,7 +142,7 @@ def train_micro_batches(model: list, optimizer, micro_batches: list[Batch], voca
     else:
         applied, grad_norm = False, float("nan")
     metrics = _reduce_metrics(outputs)
-    if moe:
+    if aux:
         metrics.update(_router_metrics(model, len(micro_batches)))
     return metrics, bool(applied), float(grad_norm if grad_norm is not None else 0.0)
 
@@ -152,9 +152,9 @@ def _scale_aux_loss(model: list, micro_batches: list[Batch], coef: float) -> boo
     (all DP ranks). Megatron's router multiplies each micro-batch's aux loss by its token count, expecting
     the trainer to divide every gradient by the step's token count later (``calculate_per_token_loss``);
     this trainer normalises its losses up front instead, so the division goes into the coefficient, which
-    the routers read at every forward. Returns whether the model routes experts."""
+    the routers read at every forward. Returns whether there is an aux loss (then metrics follow)."""
     config = unwrap(model[0]).config  # shared by every chunk and router
-    if not config.num_moe_experts:
+    if not config.num_moe_experts or coef <= 0:  # no aux loss: nothing to scale, nothing tracked
         return False
     from megatron.core.transformer.moe.moe_utils import clear_aux_losses_tracker
 
@@ -163,8 +163,7 @@ def _scale_aux_loss(model: list, micro_batches: list[Batch], coef: float) -> boo
     local = sum(mb["tokens"].shape[0] * -(-mb["tokens"].shape[1] // tp) * tp for mb in micro_batches)
     tokens = torch.tensor([float(local)], dtype=torch.float64, device=platform.device())
     dist.all_reduce(tokens, group=ps.get_data_parallel_group())
-    if coef > 0:
-        config.moe_aux_loss_coeff = coef / max(platform.to_host(tokens).item(), 1.0)
+    config.moe_aux_loss_coeff = coef / max(platform.to_host(tokens).item(), 1.0)
     return True
 
 
