@@ -56,6 +56,6 @@ def prepare_train_batch(rollout: RolloutBatch, old_logprobs: Tensor, cfg: AlgoCo
         input_ids=rollout.input_ids, prompt_lens=rollout.prompt_lens, response_lens=rollout.response_lens,
         loss_mask=loss_mask, advantages=broadcast_to_tokens(adv.to(old_logprobs.dtype), loss_mask),
         old_logprobs=old_logprobs.detach(), is_weights=is_weights, ref_logprobs=ref_logprobs,
-        group_size=rollout.group_size,
+        routed_experts=rollout.routed_experts, group_size=rollout.group_size,
     )
     return batch, metrics

@@ -33,6 +33,9 @@ def gather_response(per_token: Tensor, prompt_lens: Tensor, width: int) -> Tenso
     return torch.where(inside, picked, torch.zeros_like(picked))
 
 
+_TOKEN_FRAME = ("input_ids", "routed_experts")  # [N, T, ...] fields; the other 2-D ones are [N, L]
+
+
 def _select_rows(obj, idx: Sequence[int] | Tensor, **extra):
     """Rows ``idx`` of every tensor field of a dataclass, trimmed to the longest selected row."""
     idx = torch.as_tensor(idx, dtype=torch.long)
@@ -43,8 +46,8 @@ def _select_rows(obj, idx: Sequence[int] | Tensor, **extra):
         value = getattr(obj, f.name)
         if isinstance(value, Tensor):
             value = value[idx]
-            if value.dim() == 2:
-                value = value[:, : width_t if f.name == "input_ids" else width_l]
+            if value.dim() >= 2:
+                value = value[:, : width_t if f.name in _TOKEN_FRAME else width_l]
         out[f.name] = value
     out.update(extra)
     return type(obj)(**out)
@@ -62,6 +65,8 @@ class RolloutBatch:
     truncated: Tensor         # [N] bool, response stopped by the length limit
     group_size: int           # G
     versions: Tensor | None = None  # [N] long, policy version (trainer step) of the engine weights that sampled it
+    routed_experts: Tensor | None = None  # [N, T, layers, k] int16, the engine's experts per token (-1: none);
+    # only with algo.routing_replay
 
     @property
     def num_groups(self) -> int:
@@ -74,7 +79,10 @@ class RolloutBatch:
     def select_groups(self, groups: Sequence[int] | Tensor) -> RolloutBatch:
         """The batch restricted to whole groups (prompts) ``groups``, in that order."""
         groups = torch.as_tensor(groups, dtype=torch.long)
-        rows = (groups[:, None] * self.group_size + torch.arange(self.group_size)[None, :]).reshape(-1)
+        return self.select((groups[:, None] * self.group_size + torch.arange(self.group_size)[None, :]).reshape(-1))
+
+    def select(self, rows: Sequence[int] | Tensor) -> RolloutBatch:
+        """Rows ``rows`` (e.g. a micro-batch), trimmed to its longest sequence."""
         return _select_rows(self, rows)
 
     @staticmethod
@@ -88,15 +96,18 @@ class RolloutBatch:
             if f.name == "group_size":
                 fields[f.name] = values[0]
             else:  # an optional field is kept only when every batch has it
-                fields[f.name] = None if any(v is None for v in values) else _cat_padded(values)
+                fill = -1 if f.name == "routed_experts" else 0  # expert 0 is an expert: -1 is "not routed"
+                fields[f.name] = None if any(v is None for v in values) else _cat_padded(values, fill)
         return RolloutBatch(**fields)
 
 
-def _cat_padded(tensors: Sequence[Tensor]) -> Tensor:
+def _cat_padded(tensors: Sequence[Tensor], fill: int = 0) -> Tensor:
+    """Concatenate along dim 0, right-padding dim 1 with ``fill``."""
     if tensors[0].dim() == 1:
         return torch.cat(list(tensors))
     width = max(t.shape[1] for t in tensors)
-    return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in tensors])
+    return torch.cat([torch.cat([t, t.new_full((t.shape[0], width - t.shape[1], *t.shape[2:]), fill)], dim=1)
+                      for t in tensors])
 
 
 @dataclass
@@ -111,6 +122,7 @@ class TrainBatch:
     old_logprobs: Tensor    # [N, L] float, trainer log-probs before the update (PPO's pi_old)
     is_weights: Tensor      # [N, L] float, detached rollout IS weight (1 when the correction is off)
     ref_logprobs: Tensor | None = None  # [N, L] float, frozen reference model; only when kl_coef > 0
+    routed_experts: Tensor | None = None  # [N, T, layers, k] int16, routing to replay; only with routing_replay
     group_size: int = 1     # G
 
     @property

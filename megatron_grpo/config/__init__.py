@@ -46,6 +46,7 @@ class Config:
         _check_mini_batch(self)
         _check_overlong(self)
         _check_staleness(self)
+        _check_routing_replay(self)
 
 
 def _check_group_size(cfg: Config) -> None:
@@ -69,6 +70,12 @@ def _check_overlong(cfg: Config) -> None:
             f"algo.overlong_buffer: {cfg.algo.overlong_buffer} must be < rollout.train.max_response_length "
             f"{cfg.rollout.train.max_response_length}"
         )
+
+
+def _check_routing_replay(cfg: Config) -> None:
+    if cfg.algo.routing_replay and cfg.model.recompute == "full":
+        raise ConfigError("algo.routing_replay: model.recompute: full routes every token again in the backward "
+                          "pass, which replay does not cover yet; use recompute: selective or none")
 
 
 def _check_staleness(cfg: Config) -> None:
@@ -98,6 +105,8 @@ def check_world(cfg: Config, world_size: int, num_attention_heads: int, num_quer
     par = cfg.parallel
     if par.expert > 1 and not num_experts:
         raise ConfigError(f"parallel.expert: {par.expert} needs a mixture-of-experts model; this one is dense")
+    if cfg.algo.routing_replay and not num_experts:
+        raise ConfigError("algo.routing_replay: needs a mixture-of-experts model; this one is dense")
     if num_experts:
         if num_experts % par.expert:
             raise ConfigError(f"parallel.expert: {par.expert} does not divide the model's {num_experts} experts")

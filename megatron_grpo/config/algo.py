@@ -56,6 +56,9 @@ class AlgoConfig:
     """Prompts per optimizer step (reference: 64 = whole batch, one step per rollout)."""
     micro_batch_tokens: int = 32768
     """Token budget (padded slots) of one micro-batch per GPU (reference: 32768)."""
+    routing_replay: bool = False
+    """MoE: the engines record which experts each token was routed to, and every trainer forward pass
+    (pi_old and the update) routes the tokens to those experts (``model/routing.py``)."""
 
     def validate(self) -> None:
         _check_clip(self)

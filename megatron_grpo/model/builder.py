@@ -18,6 +18,7 @@ from megatron.core.optimizer import OptimizerConfig as MegatronOptimizerConfig
 from megatron.core.optimizer import get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.transformer import TransformerConfig
+from megatron.core.transformer.moe.router_replay import RouterReplay
 from megatron.core.transformer.spec_utils import ModuleSpec
 
 from megatron_grpo import platform
@@ -71,6 +72,9 @@ def _family_fields(arch: ModelArch, model_cfg: ModelConfig, par: ParallelConfig,
             moe_grouped_gemm=te,
             expert_model_parallel_size=par.expert,
             expert_tensor_parallel_size=par.expert_tensor_size,
+            # A RouterReplay in every router; it replays only when a micro-batch carries the engine's
+            # routing (model/routing.py), else the router routes as usual.
+            moe_enable_routing_replay=True,
         )
     return fields
 
@@ -128,6 +132,9 @@ def build_model(arch: ModelArch, model_cfg: ModelConfig, par: ParallelConfig) ->
     """One GPTModel per virtual-pipeline chunk held by this rank (a single chunk without VPP)."""
     config = transformer_config(arch, model_cfg, par)
     spec = layer_spec(arch, model_cfg)
+    # Each router registers its RouterReplay in a process-wide list this project never reads (it finds a
+    # chunk's routers itself): drop those of earlier models so they are not kept alive.
+    RouterReplay.clear_global_router_replay_instances()
     vocab = padded_vocab_size(arch.vocab_size, model_cfg.make_vocab_size_divisible_by, par.tensor)
     chunks = []
     for vp in range(par.virtual_pipeline or 1):

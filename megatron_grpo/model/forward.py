@@ -29,6 +29,7 @@ from megatron_grpo import platform
 from megatron_grpo.algo.loss import reduce_metrics
 from megatron_grpo.convert.weights import unwrap
 from megatron_grpo.model.logprobs import token_entropy, token_logprobs
+from megatron_grpo.model.routing import set_replay
 
 Batch = dict[str, torch.Tensor]
 Entropy = Literal["off", "metric", "loss"]  # not computed / detached metric / differentiable (entropy bonus)
@@ -44,7 +45,11 @@ def _forward_step(vocab_size: int, temperature: float, loss_fn: LossFn | None, e
                   data_iterator, model):
     batch = next(data_iterator)
     # Sequence parallelism splits the sequence over TP ranks: pad to a multiple of TP, trim the outputs.
-    padded = _pad_to_multiple(batch["tokens"], ps.get_tensor_model_parallel_world_size())
+    tp = ps.get_tensor_model_parallel_world_size()
+    padded = _pad_to_multiple(batch["tokens"], tp)
+    # MoE: replay the engine's routing when the micro-batch carries it, else clear the previous one.
+    set_replay(model, batch.get("routed_experts"), padded.shape[1], ps.get_tensor_model_parallel_rank(),
+               tp if unwrap(model).config.sequence_parallel else 1)
     positions = torch.arange(padded.shape[1], device=padded.device).expand_as(padded)
     output = model(padded, positions, None)  # causal attention needs no mask (right padding)
     return output, partial(_loss_step, batch, padded, vocab_size, temperature, loss_fn, entropy)

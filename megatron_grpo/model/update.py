@@ -50,7 +50,7 @@ def old_logprobs(policy: MegatronPolicy, rollout: RolloutBatch, temperature: flo
     width = rollout.sampler_logprobs.shape[1]
     seq_lens = rollout.prompt_lens + rollout.response_lens
     mine = _my_micro_batches(seq_lens, token_budget)
-    outs = policy.logprobs([{"tokens": _trim(rollout.input_ids[idx], seq_lens[idx])} for idx in mine], temperature)
+    outs = policy.logprobs([_forward_inputs(rollout.select(idx)) for idx in mine], temperature)
     result = torch.zeros(rollout.sampler_logprobs.shape, device=platform.device())
     for idx, out in zip(mine, outs, strict=True):
         result[idx] = _token_frame(out["logprobs"], platform.to_device(rollout.prompt_lens[idx]), width)
@@ -58,8 +58,12 @@ def old_logprobs(policy: MegatronPolicy, rollout: RolloutBatch, temperature: flo
     return platform.to_host(result)
 
 
-def _trim(input_ids: torch.Tensor, seq_lens: torch.Tensor) -> torch.Tensor:
-    return input_ids[:, : int(seq_lens.max())]
+def _forward_inputs(rows: RolloutBatch | TrainBatch) -> dict[str, torch.Tensor]:
+    """What a forward pass reads: the tokens, and the engine's routing to replay when it was recorded."""
+    inputs = {"tokens": rows.input_ids}
+    if rows.routed_experts is not None:
+        inputs["routed_experts"] = rows.routed_experts
+    return inputs
 
 
 def _loss_fn(cfg: AlgoConfig, norm: LossNorm, on_policy: bool):
@@ -90,9 +94,9 @@ def _loss_fn(cfg: AlgoConfig, norm: LossNorm, on_policy: bool):
 def _micro_batch(batch: TrainBatch, rollout: RolloutBatch, rows: list[int]) -> dict[str, torch.Tensor]:
     sub = batch.select(rows)
     width = sub.loss_mask.shape[1]
-    return {"tokens": sub.input_ids, "prompt_lens": sub.prompt_lens, "loss_mask": sub.loss_mask,
-            "advantages": sub.advantages, "old_logprobs": sub.old_logprobs, "is_weights": sub.is_weights,
-            "sampler_logprobs": rollout.sampler_logprobs[rows][:, :width]}
+    return {**_forward_inputs(sub), "prompt_lens": sub.prompt_lens,
+            "loss_mask": sub.loss_mask, "advantages": sub.advantages, "old_logprobs": sub.old_logprobs,
+            "is_weights": sub.is_weights, "sampler_logprobs": rollout.sampler_logprobs[rows][:, :width]}
 
 
 def update_policy(policy: MegatronPolicy, rollout: RolloutBatch, cfg: AlgoConfig, max_response_len: int,

@@ -33,8 +33,10 @@ HOST_ENV = "MEGATRON_GRPO_ENGINE_HOST"
 class EngineGroup:
     local: RolloutEngine | None
 
-    def submit(self, prompts: list[list[int]], sampling: SamplingConfig, seed: int, first_index: int = 0):
-        """Start generating ``sampling.n`` samples per prompt; ``collect`` returns them."""
+    def submit(self, prompts: list[list[int]], sampling: SamplingConfig, seed: int, first_index: int = 0,
+               routing: bool = False):
+        """Start generating ``sampling.n`` samples per prompt (``routing``: with each one's MoE routing);
+        ``collect`` returns them."""
         raise NotImplementedError
 
     def collect(self, pending) -> list[list[Sample]]:
@@ -62,9 +64,9 @@ class ColocatedEngines(EngineGroup):
     def __init__(self, engine: RolloutEngine):
         self.local = engine
 
-    def submit(self, prompts, sampling, seed, first_index=0):
+    def submit(self, prompts, sampling, seed, first_index=0, routing=False):
         mine = chunk(len(prompts), dist.get_world_size(), dist.get_rank())
-        return (self.local.generate([prompts[i] for i in mine], sampling, seed, first_index=first_index + mine.start)
+        return (self.local.generate([prompts[i] for i in mine], sampling, seed, first_index + mine.start, routing)
                 if mine else [])
 
     def collect(self, pending) -> list[list[Sample]]:
@@ -80,8 +82,8 @@ class DisaggregatedEngines(EngineGroup):
     def __init__(self, remote):
         self.local = remote  # RemoteEngines on rank 0, None elsewhere
 
-    def submit(self, prompts, sampling, seed, first_index=0):
-        return self.local.submit(prompts, sampling, seed, first_index) if self.local is not None else None
+    def submit(self, prompts, sampling, seed, first_index=0, routing=False):
+        return self.local.submit(prompts, sampling, seed, first_index, routing) if self.local is not None else None
 
     def collect(self, pending) -> list[list[Sample]]:
         box = [self.local.result(pending) if self.local is not None else None]

@@ -100,19 +100,19 @@ class RemoteEngines:
     # ---- generation -------------------------------------------------------------------------------
 
     def submit(self, prompts: list[list[int]], sampling: SamplingConfig, seed: int,
-               first_index: int = 0) -> list[tuple[int, int]]:
+               first_index: int = 0, routing: bool = False) -> list[tuple[int, int]]:
         """Start generating, one request per engine; prompt i is seeded as prompt ``first_index + i``
         wherever it lands. Returns the requests' tickets, for ``result``."""
         parts = [chunk(len(prompts), self.count, i) for i in range(self.count)]
-        return [self._send(i, "generate", [prompts[j] for j in part], sampling, seed, first_index + part.start)
-                for i, part in enumerate(parts) if part]
+        return [self._send(i, "generate", [prompts[j] for j in part], sampling, seed, first_index + part.start,
+                           routing) for i, part in enumerate(parts) if part]
 
     def result(self, tickets: list[tuple[int, int]]) -> list[list[Sample]]:
         return [group for t in tickets for group in self._reply(t)]
 
     def generate(self, prompts: list[list[int]], sampling: SamplingConfig, seed: int,
-                 first_index: int = 0) -> list[list[Sample]]:
-        return self.result(self.submit(prompts, sampling, seed, first_index))
+                 first_index: int = 0, routing: bool = False) -> list[list[Sample]]:
+        return self.result(self.submit(prompts, sampling, seed, first_index, routing))
 
     def score(self, sequences: list[list[int]], prompt_lens: list[int]) -> list[list[float]]:
         """Engine 0's log-probs (``score_each``: every engine's)."""

@@ -20,15 +20,18 @@ class Sample:
     text: str                     # detokenized response, special tokens skipped
     finish_reason: Literal["stop", "length"]
     version: int = 0              # policy version (trainer step) of the weights that produced it
+    routed_experts: torch.Tensor | None = None  # [P + T - 1, layers, k] int16, MoE routing replay only: the
+    # experts the engine routed each prompt and response token to (the last token is sampled, never routed)
 
 
 class RolloutEngine(Protocol):
     """A generation engine holding a copy of the policy weights (vLLM here; anything with these methods)."""
 
     def generate(self, prompts: list[list[int]], sampling: SamplingConfig, seed: int,
-                 first_index: int = 0) -> list[list[Sample]]:
+                 first_index: int = 0, routing: bool = False) -> list[list[Sample]]:
         """``sampling.n`` samples per prompt; result[i][j] is sample j of prompt i, seeded by
-        (seed, first_index + i) so a batch split over several engines samples as one engine would."""
+        (seed, first_index + i) so a batch split over several engines samples as one engine would.
+        ``routing`` (MoE): every sample carries ``routed_experts``."""
         ...
 
     def score(self, sequences: list[list[int]], prompt_lens: list[int]) -> list[list[float]]:

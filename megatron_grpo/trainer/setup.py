@@ -115,7 +115,7 @@ def build_run(cfg: Config, run_dir: Path) -> Run:
     colocated = cfg.rollout.placement == "colocated"
     colocation = Colocation(engines.local, policy, colocated and cfg.rollout.offload_trainer)
     rollouts = RolloutQueue(engines, scorer, dataset, sampler, cfg.rollout.train, cfg.trainer.seed,
-                            cfg.rollout.max_staleness, total_steps)
+                            cfg.rollout.max_staleness, total_steps, routing=cfg.algo.routing_replay)
     return Run(cfg, run_dir, env, arch, tokenizer, dataset, sampler, total_steps, policy, engines, scorer, eval_sets,
                colocation, rollouts)
 

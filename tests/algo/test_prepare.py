@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -63,3 +65,28 @@ def test_rollout_select_and_concat(rollout_factory):
     assert both.sampler_logprobs[:8, 3:].abs().max() == 0
     with pytest.raises(ValueError, match="group sizes"):
         RolloutBatch.concat([a, rollout_factory(group_size=2)])
+
+
+def _with_routing(rollout: RolloutBatch, seed: int) -> RolloutBatch:
+    """The rollout with engine routing [N, T, 2 layers, top-2], -1 past each sequence's routed tokens."""
+    g = torch.Generator().manual_seed(seed)
+    n, width = rollout.input_ids.shape
+    routed = torch.randint(0, 4, (n, width, 2, 2), generator=g).to(torch.int16)
+    seq_lens = rollout.prompt_lens + rollout.response_lens
+    routed[torch.arange(width)[None, :] >= (seq_lens - 1)[:, None]] = -1
+    return dataclasses.replace(rollout, routed_experts=routed)
+
+
+def test_routed_experts_follow_their_rows_through_concat_select_and_prepare(rollout_factory):
+    a = _with_routing(rollout_factory(groups=2, seed=1, max_prompt=2, max_resp=2), 1)
+    b = _with_routing(rollout_factory(groups=2, seed=2, max_resp=6), 2)
+    both = RolloutBatch.concat([a, b])
+    width = both.input_ids.shape[1]
+    assert both.routed_experts.shape == (16, width, 2, 2)
+    torch.testing.assert_close(both.routed_experts[:8, : a.input_ids.shape[1]], a.routed_experts)
+    assert (both.routed_experts[:8, a.input_ids.shape[1]:] == -1).all()  # padding is "not routed", not expert 0
+    batch, _ = prepare_train_batch(both, old_logprobs_for(both), AlgoConfig(), 6)
+    sub = batch.select([9, 3])
+    assert sub.routed_experts.shape[:2] == sub.input_ids.shape
+    torch.testing.assert_close(sub.routed_experts, both.routed_experts[[9, 3], : sub.input_ids.shape[1]])
+    assert RolloutBatch.concat([a, rollout_factory(groups=1)]).routed_experts is None  # only when all have it

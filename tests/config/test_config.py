@@ -49,6 +49,7 @@ def test_overrides_parse_types_and_paths_relative_to_cwd(tmp_path, monkeypatch):
      "rollout.max_staleness: dynamic sampling regenerates"),
     (["model.dtype=fp8"], "model.dtype: 'fp8' is not one of ['fp32', 'bf16', 'fp16']"),
     (["model.moe_aux_loss_coef=-0.01"], "moe_aux_loss_coef: must be >= 0, got -0.01"),
+    (["algo.routing_replay=true", "model.recompute=full"], "algo.routing_replay: model.recompute: full routes"),
     (["nonsense"], "override 'nonsense' must look like key.path=value"),
 ])
 def test_invalid_values_name_the_key(overrides, message):
@@ -71,6 +72,7 @@ def test_missing_file_and_bad_yaml(tmp_path):
     (3, [], "data.batch_prompts: 64 is not divisible by data-parallel size 3"),
     (4, ["parallel.pipeline=4"], "4 model chunks do not divide num_hidden_layers 2"),
     (2, ["parallel.expert=2"], "parallel.expert: 2 needs a mixture-of-experts model; this one is dense"),
+    (1, ["algo.routing_replay=true"], "algo.routing_replay: needs a mixture-of-experts model; this one is dense"),
 ])
 def test_world_checks(world, layout, message):
     cfg = load_config(None, layout)

@@ -26,7 +26,9 @@ def _batch(vocab: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return tokens, mask, adv
 
 
-def _worker(config: dict, weights: dict, layout: dict, model_kw: dict | None = None):
+def _worker(config: dict, weights: dict, layout: dict, model_kw: dict | None = None,
+            routed: torch.Tensor | None = None):
+    """``routed`` [SEQS, LEN, layers, k] (MoE): the routing every forward pass replays."""
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
 
@@ -42,6 +44,9 @@ def _worker(config: dict, weights: dict, layout: dict, model_kw: dict | None = N
     dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
     mine = list(range(dp_rank, SEQS, dp))  # DP ranks take disjoint sequences
     mbs = [{"tokens": tokens[[i]], "mask": mask[[i]], "adv": adv[[i]]} for i in mine]  # 1 seq / micro-batch
+    if routed is not None:
+        for i, mb in zip(mine, mbs, strict=True):
+            mb["routed_experts"] = routed[[i]]
     total = mask.sum()
 
     def loss_fn(logprobs, entropy, batch):

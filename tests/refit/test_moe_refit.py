@@ -43,10 +43,32 @@ def _worker(model_dir: str) -> dict:
         before = mean_abs_diff(_engine_scores(engine), _policy_scores(policy))
         metrics = refit(policy, engine, torch.float32)
         out[name] = {"before": before, "after": mean_abs_diff(_engine_scores(engine), _policy_scores(policy)),
-                     "metrics": metrics}
+                     "metrics": metrics, "routing": _routings(engine, policy)}
     engine.close()
     shutdown()
     return out
+
+
+ROUTED = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3, 2]
+
+
+def _routings(engine, policy) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[tokens, layers, experts]`` bool: which experts the engine routes each token of ``ROUTED`` to (its
+    own capture hooks), and which Megatron's routers do (their routing maps), over the tokens this rank's
+    routers see (under sequence parallelism its TP rank's slice); the last token left out."""
+    from megatron.core import parallel_state as ps
+
+    from megatron_grpo.model.routing import routing_maps
+
+    engine_routing = engine.routing(ROUTED).long()
+    chosen = torch.zeros(*engine_routing.shape[:2], CONFIG["num_experts"], dtype=torch.bool)
+    chosen.scatter_(2, engine_routing, True)
+    with routing_maps(policy.model) as maps:
+        policy.logprobs([{"tokens": torch.tensor([ROUTED])}])
+    local = maps[0].shape[0]
+    start = ps.get_tensor_model_parallel_rank() * local
+    end = min(start + local, len(ROUTED) - 1)
+    return chosen[start:end], torch.stack([m[: end - start] for m in maps], dim=1)
 
 
 @pytest.fixture(scope="module")
@@ -64,3 +86,13 @@ def test_moe_refit_engine_logprobs_equal_megatron(ranks, layout):
         assert result["after"] < 1e-4
         assert result["metrics"]["refit/bytes"] == _model_bytes(CONFIG)
         assert result["metrics"]["refit/checksum_ok"] == 1.0  # every tensor the engine can read back
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_after_a_refit_the_engine_routes_tokens_as_megatron_does(ranks, layout):
+    for rank in ranks:
+        engine, megatron = rank[layout]["routing"]
+        assert engine.shape[0] >= 7  # 16 routed tokens, 9 and 7 per TP rank under sequence parallelism
+        assert engine.shape[1:] == (CONFIG["num_hidden_layers"], CONFIG["num_experts"])
+        assert (engine.sum(-1) == CONFIG["num_experts_per_tok"]).all()
+        torch.testing.assert_close(engine, megatron)

@@ -1,5 +1,6 @@
 """The trainer with a mixture-of-experts policy (configs/tiny_moe_cpu.yaml): the tiny Qwen3-MoE learns the
-embedded task, and two processes with the experts split over them (EP2) train exactly as one."""
+embedded task, and two processes with the experts split over them (EP2), replaying the engines' routing,
+train exactly as one."""
 
 from __future__ import annotations
 
@@ -26,10 +27,12 @@ def test_tiny_moe_learns(tmp_path):
 @pytest.mark.slow
 def test_expert_parallel_run_matches_one_process(tmp_path):
     # without the load-balancing loss: it is a per-micro-batch statistic, and 1 and 2 ranks pack
-    # micro-batches differently (tests/model/test_moe_aux_loss.py checks it at fixed micro-batches)
+    # micro-batches differently (tests/model/test_moe_aux_loss.py checks it at fixed micro-batches).
+    # The EP2 run replays the engines' routing: in fp32 the engines route as the trainer does
+    # (tests/refit/test_moe_refit.py), so replay must change nothing, on the rollouts' whole path.
     base = ["trainer.max_steps=3", "checkpoint.save_freq=0", "trainer.test_freq=0", "model.moe_aux_loss_coef=0"]
     one = train(tmp_path / "one", *base, config=MOE)
-    two = train(tmp_path / "two", *base, "parallel.expert=2", nproc=2, config=MOE)
+    two = train(tmp_path / "two", *base, "parallel.expert=2", "algo.routing_replay=true", nproc=2, config=MOE)
     assert one.returncode == 0 and two.returncode == 0, (one.stderr[-2000:], two.stderr[-2000:])
     for a, b in zip(read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two"), strict=True):
         assert a["reward/mean"] == b["reward/mean"]
