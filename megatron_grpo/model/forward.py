@@ -29,7 +29,7 @@ from megatron_grpo import platform
 from megatron_grpo.algo.loss import reduce_metrics
 from megatron_grpo.convert.weights import unwrap
 from megatron_grpo.model.logprobs import token_entropy, token_logprobs
-from megatron_grpo.model.routing import set_replay
+from megatron_grpo.model.routing import expert_load, set_replay
 
 Batch = dict[str, torch.Tensor]
 Entropy = Literal["off", "metric", "loss"]  # not computed / detached metric / differentiable (entropy bonus)
@@ -133,13 +133,15 @@ def train_micro_batches(model: list, optimizer, micro_batches: list[Batch], voca
 
     Returns (summed metrics, whether the update was applied, grad norm). Metrics are summed over
     micro-batches and DP ranks, which is the global value for globally normalised quantities; an MoE
-    model adds its load-balancing loss (``moe/load_balancing_loss``, mean over layers and micro-batches).
+    model adds its load-balancing loss (``moe/load_balancing_loss``, mean over layers and micro-batches)
+    and its experts' load (``moe/expert_load_*``).
     """
     for chunk in model:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
     aux = _scale_aux_loss(model, micro_batches, aux_loss_coef)
-    outputs = run_micro_batches(model, micro_batches, vocab_size, temperature, loss_fn, entropy)
+    with expert_load(model) as load:
+        outputs = run_micro_batches(model, micro_batches, vocab_size, temperature, loss_fn, entropy)
     finalize_model_grads(model)  # DP grad all-reduce/reduce-scatter, tied-embedding and SP norm grads
     grads_finite = _grads_finite(model)
     if grads_finite:
@@ -149,7 +151,25 @@ def train_micro_batches(model: list, optimizer, micro_batches: list[Batch], voca
     metrics = _reduce_metrics(outputs)
     if aux:
         metrics.update(_router_metrics(model, len(micro_batches)))
+    if unwrap(model[0]).config.num_moe_experts:
+        metrics.update(_load_metrics(load, unwrap(model[0]).config))
     return metrics, bool(applied), float(grad_norm if grad_norm is not None else 0.0)
+
+
+def _load_metrics(load: dict[int, torch.Tensor], config) -> dict[str, float]:
+    """Tokens per expert over the step, every token the routers saw (padding included), relative to the mean
+    expert's: the most loaded expert of any layer (``moe/expert_load_max``; 1.0 is perfect balance, E/k all
+    tokens on k experts) and the least loaded (``moe/expert_load_min``; 0 is an expert no token reached).
+    Nothing is dropped (no capacity factor), so every routed token is computed. One world all-reduce: under
+    sequence parallelism TP ranks route disjoint tokens, pipeline stages disjoint layers, DP ranks their own
+    sequences."""
+    counts = torch.zeros(config.num_layers, config.num_moe_experts, dtype=torch.float32, device=platform.device())
+    for layer, tokens in load.items():
+        counts[layer] = tokens
+    dist.all_reduce(counts)
+    ratio = counts / counts.mean(dim=1, keepdim=True).clamp(min=1.0)
+    high, low = platform.to_host(torch.stack([ratio.max(), ratio.min()])).tolist()
+    return {"moe/expert_load_max": high, "moe/expert_load_min": low}
 
 
 def _scale_aux_loss(model: list, micro_batches: list[Batch], coef: float) -> bool:

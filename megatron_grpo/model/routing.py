@@ -73,3 +73,23 @@ def routing_maps(chunks: list[torch.nn.Module]):
     finally:
         for hook in hooks:
             hook.remove()
+
+
+@contextlib.contextmanager
+def expert_load(chunks: list[torch.nn.Module]):
+    """Within the block, the tokens each router sends to each expert are summed into the yielded dict
+    (global layer index, 0-based -> ``[experts]`` float counts on the device): the load-balance metrics'
+    input, a few floats per layer however many tokens pass."""
+    counts: dict[int, torch.Tensor] = {}
+
+    def count(router, args, out):
+        tokens = out[1].sum(dim=0, dtype=torch.float32)
+        layer = router.layer_number - 1
+        counts[layer] = counts[layer] + tokens if layer in counts else tokens
+
+    hooks = [r.register_forward_hook(count) for chunk in chunks for r in routers(chunk)]
+    try:
+        yield counts
+    finally:
+        for hook in hooks:
+            hook.remove()

@@ -1,7 +1,8 @@
 """The MoE load-balancing loss through the policy: its gradient is ``coef`` x the mean over micro-batches of
 Megatron's switch loss (E / (k T^2) sum_e tokens_e x sum_t p_te, summed over layers), whatever the token
-count of a micro-batch, and the metric is that loss's mean. The reference is the same formula on
-transformers' router logits, differentiated by autograd."""
+count of a micro-batch, and the metric is that loss's mean; the expert-load metrics are the most and least
+loaded expert's tokens over the mean expert's. The reference is the same formula on transformers' router
+logits, differentiated by autograd, and their top-k counted."""
 
 from __future__ import annotations
 
@@ -30,14 +31,17 @@ def _reference(model, config: dict) -> tuple[dict[str, torch.Tensor], float]:
     """Router-weight gradients of COEF x mean over sequences of the per-layer losses' sum, and the mean
     per-layer loss."""
     model.zero_grad()
-    per_seq = []
+    per_seq, load = [], 0.0
     for seq in _tokens(config["vocab_size"]):
         logits = model(seq[None], output_router_logits=True).router_logits
         per_seq.append(torch.stack([_switch_loss(layer, config["num_experts_per_tok"]) for layer in logits]))
+        chosen = [layer.topk(config["num_experts_per_tok"], dim=-1).indices for layer in logits]
+        load = load + torch.stack([torch.bincount(c.flatten(), minlength=config["num_experts"]) for c in chosen])
     losses = torch.stack(per_seq)  # [seq, layer]
     (COEF * losses.sum(1).mean()).backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters() if name.endswith("mlp.gate.weight")}
-    return grads, losses.mean().item()
+    ratio = load.float() / load.float().mean(dim=1, keepdim=True)  # [layer, expert] tokens / the mean expert's
+    return grads, losses.mean().item(), (ratio.max().item(), ratio.min().item())
 
 
 def _worker(config: dict, weights: dict, layout: dict):
@@ -68,10 +72,12 @@ def test_aux_loss_gradient_and_metric_match_the_formula(layout):
     config = tiny_moe_config()
     model = hf_model(config)
     weights = hf_state_dict(model, tie=False)
-    grads, mean_loss = _reference(model, config)
+    grads, mean_loss, (most, least) = _reference(model, config)
     world, kwargs = layout
     metrics, applied, after = run_distributed(_worker, world, config, weights, kwargs)[0]
     assert applied and metrics["moe/load_balancing_loss"] == pytest.approx(mean_loss, rel=1e-5)
+    assert (metrics["moe/expert_load_max"], metrics["moe/expert_load_min"]) == pytest.approx((most, least))
+    assert most > 1.0  # a random router is not balanced: the metric has something to show
     for name, grad in grads.items():
         # smooth Adam's first step is -lr x g / (|g| + 1). Within 2% over the tensor (fp32 sums of small
         # gradients); a token-count scaling left in would be off by the micro-batch's 12 tokens

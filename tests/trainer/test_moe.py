@@ -21,6 +21,7 @@ def test_tiny_moe_learns(tmp_path):
     assert len(rewards) == 80 and last >= 0.12 and last >= 2 * first, (first, last)
     assert all(row["refit/checksum_ok"] == 1.0 for row in rows)
     assert 0.9 <= rows[-1]["moe/load_balancing_loss"] < 2.0  # 1.0 when every expert gets its share
+    assert 0.0 < rows[-1]["moe/expert_load_min"] <= 1.0 <= rows[-1]["moe/expert_load_max"]  # no expert left idle
     assert rows[-1]["rollout/logprob_abs_diff"] < 1e-4  # the engine's re-packed experts are the trained ones
 
 
