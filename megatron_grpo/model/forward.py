@@ -184,8 +184,10 @@ def _scale_aux_loss(model: list, micro_batches: list[Batch], coef: float) -> boo
     from megatron.core.transformer.moe.moe_utils import clear_aux_losses_tracker
 
     clear_aux_losses_tracker()  # this step's values only
+    # Megatron multiplies by the tokens THIS rank's router saw: under sequence parallelism a TP rank's slice
+    # of the (TP-padded) sequence, its router gradients then summed over TP. So the divisor counts slices.
     tp = ps.get_tensor_model_parallel_world_size()
-    local = sum(mb["tokens"].shape[0] * -(-mb["tokens"].shape[1] // tp) * tp for mb in micro_batches)
+    local = sum(mb["tokens"].shape[0] * -(-mb["tokens"].shape[1] // tp) for mb in micro_batches)
     tokens = torch.tensor([float(local)], dtype=torch.float64, device=platform.device())
     dist.all_reduce(tokens, group=ps.get_data_parallel_group())
     config.moe_aux_loss_coeff = coef / max(platform.to_host(tokens).item(), 1.0)
@@ -203,7 +205,9 @@ def _router_metrics(model: list, local_micro_batches: int) -> dict[str, float]:
     values = tracked["values"].to(torch.float64)  # per layer, summed over this rank's micro-batches
     box = torch.stack([values.sum(), torch.tensor(float(local_micro_batches), dtype=torch.float64,
                                                   device=values.device)])
-    dist.all_reduce(box[:1], group=ps.get_pipeline_model_parallel_group())  # each stage tracks its layers
+    # each stage tracks its layers; under sequence parallelism each TP rank its tokens' share of the loss
+    dist.all_reduce(box[:1], group=ps.get_pipeline_model_parallel_group())
+    dist.all_reduce(box[:1], group=ps.get_tensor_model_parallel_group())
     dist.all_reduce(box, group=ps.get_data_parallel_group())
     clear_aux_losses_tracker()
     total, count = platform.to_host(box).tolist()

@@ -67,7 +67,9 @@ def _worker(config: dict, weights: dict, layout: dict):
     return metrics, applied, after
 
 
-@pytest.mark.parametrize("layout", [(1, {}), (2, {"expert": 2})], ids=["one", "ep2"])
+@pytest.mark.parametrize("layout", [(1, {}), (2, {"expert": 2}),
+                                    (2, {"tensor": 2, "sequence_parallel": True, "expert_tensor": 1})],
+                         ids=["one", "ep2", "tp2_sp"])
 def test_aux_loss_gradient_and_metric_match_the_formula(layout):
     config = tiny_moe_config()
     model = hf_model(config)
