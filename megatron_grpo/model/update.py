@@ -38,9 +38,14 @@ def _token_frame(per_position: torch.Tensor, prompt_lens: torch.Tensor, width: i
     return gather_response(F.pad(per_position[:, :-1], (1, 0)), prompt_lens, width)
 
 
-def _my_micro_batches(seq_lens: torch.Tensor, token_budget: int) -> list[list[int]]:
+def _my_micro_batches(seq_lens: torch.Tensor, token_budget: int) -> tuple[list[list[int]], int]:
+    """This DP rank's micro-batches, and how many padding micro-batches it must run after them: expert
+    parallelism exchanges tokens inside every micro-batch's forward, so each rank of an EP group runs as many
+    as the busiest (the packer gives every rank the same count only when there are enough sequences)."""
     plan = pack_micro_batches(seq_lens.tolist(), ps.get_data_parallel_world_size(), token_budget)
-    return plan.ranks[ps.get_data_parallel_rank()]
+    mine = plan.ranks[ps.get_data_parallel_rank()]
+    most = max(len(r) for r in plan.ranks) if ps.get_expert_model_parallel_world_size() > 1 else len(mine)
+    return mine, most - len(mine)
 
 
 def old_logprobs(policy: MegatronPolicy, rollout: RolloutBatch, temperature: float,
@@ -49,8 +54,9 @@ def old_logprobs(policy: MegatronPolicy, rollout: RolloutBatch, temperature: flo
     one all-reduce of the disjoint shares, on the device; the result is a host tensor)."""
     width = rollout.sampler_logprobs.shape[1]
     seq_lens = rollout.prompt_lens + rollout.response_lens
-    mine = _my_micro_batches(seq_lens, token_budget)
-    outs = policy.logprobs([_forward_inputs(rollout.select(idx)) for idx in mine], temperature)
+    mine, padding = _my_micro_batches(seq_lens, token_budget)
+    inputs = [_forward_inputs(rollout.select(idx)) for idx in mine] + [_forward_inputs(rollout.select([0]))] * padding
+    outs = policy.logprobs(inputs, temperature)[: len(mine)]  # a padding micro-batch's output is dropped
     result = torch.zeros(rollout.sampler_logprobs.shape, device=platform.device())
     for idx, out in zip(mine, outs, strict=True):
         result[idx] = _token_frame(out["logprobs"], platform.to_device(rollout.prompt_lens[idx]), width)
@@ -99,6 +105,12 @@ def _micro_batch(batch: TrainBatch, rollout: RolloutBatch, rows: list[int]) -> d
             "is_weights": sub.is_weights, "sampler_logprobs": rollout.sampler_logprobs[rows][:, :width]}
 
 
+def _padding(batch: TrainBatch, rollout: RolloutBatch, row: int) -> dict[str, torch.Tensor]:
+    """A micro-batch that runs the model and adds nothing: ``row`` with an empty loss mask."""
+    mb = _micro_batch(batch, rollout, [row])
+    return {**mb, "loss_mask": torch.zeros_like(mb["loss_mask"])}
+
+
 def update_policy(policy: MegatronPolicy, rollout: RolloutBatch, cfg: AlgoConfig, max_response_len: int,
                   temperature: float) -> dict[str, float]:
     """All PPO epochs x mini-batches of one rollout; returns metrics (last optimizer step's + batch-level)."""
@@ -112,11 +124,12 @@ def update_policy(policy: MegatronPolicy, rollout: RolloutBatch, cfg: AlgoConfig
     steps = mini_batches(rollout.num_groups, rollout.group_size, cfg.mini_batch_prompts, cfg.ppo_epochs)
     applied = 0
     for rows in steps:
-        mine = [[rows[i] for i in mb] for mb in _my_micro_batches(seq_lens[rows], cfg.micro_batch_tokens)]
+        local, padding = _my_micro_batches(seq_lens[rows], cfg.micro_batch_tokens)
+        mine = [[rows[i] for i in mb] for mb in local]
         counts = platform.to_device(LossNorm.counts(batch.loss_mask[idx] for idx in mine))
         dist.all_reduce(counts, group=ps.get_data_parallel_group())
         norm = LossNorm.from_counts(platform.to_host(counts), max_response_len)
-        mbs = [_micro_batch(batch, rollout, idx) for idx in mine]
+        mbs = [_micro_batch(batch, rollout, idx) for idx in mine] + [_padding(batch, rollout, rows[0])] * padding
         entropy = "loss" if cfg.entropy_coef > 0 else "metric"
         step_metrics, ok, grad_norm = policy.train_step(mbs, _loss_fn(cfg, norm, on_policy), temperature, entropy)
         applied += int(ok)
