@@ -99,6 +99,13 @@ def check_world(cfg: Config, world_size: int, num_attention_heads: int, num_quer
         raise ConfigError(f"parallel.tensor: {tp} does not divide num_attention_heads {num_attention_heads}")
     if num_query_groups % tp:
         raise ConfigError(f"parallel.tensor: {tp} does not divide num_key_value_heads {num_query_groups}")
+    rtp = cfg.rollout.tensor_parallel
+    if num_attention_heads % rtp:
+        raise ConfigError(f"rollout.tensor_parallel: {rtp} does not divide num_attention_heads {num_attention_heads} "
+                          "(vLLM splits the heads over an engine's workers)")
+    if cfg.rollout.placement == "colocated" and world_size % rtp:
+        raise ConfigError(f"rollout.tensor_parallel: {rtp} colocated engines need it to divide the world size "
+                          f"{world_size} (an engine is that many consecutive trainer ranks)")
     chunks = pp * (cfg.parallel.virtual_pipeline or 1)
     if num_layers % chunks:
         raise ConfigError(f"parallel.pipeline: {chunks} model chunks do not divide num_hidden_layers {num_layers}")

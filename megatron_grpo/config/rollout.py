@@ -53,7 +53,8 @@ class RolloutConfig:
     max_model_len: int = 32768
     """Longest prompt + response the engine holds (vLLM's max_model_len)."""
     tensor_parallel: int = 1
-    """vLLM tensor-parallel size of one rollout engine (1 on CPU)."""
+    """vLLM tensor-parallel size of one rollout engine. Colocated: that many consecutive trainer ranks of a
+    node are one engine's workers (it must divide the ranks per node)."""
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """Engine weights and compute. ``auto``: bf16 on GPU (verl's vLLM rollouts, beside an fp32 actor), the
     policy's dtype on CPU. The refit casts in the stream; ``mismatch/*`` shows the gap, ``algo.rollout_is``
@@ -68,9 +69,10 @@ class RolloutConfig:
     enforce_eager: bool = True
     """Skip CUDA graphs / torch.compile: faster start, slower decode; the CPU build wants True."""
     placement: Literal["colocated", "disaggregated"] = "colocated"
-    """Where engines run (``rollout.groups``). ``colocated``: one TP-1 engine inside every trainer rank,
-    sharing its GPU; it sleeps (vLLM sleep mode level 2, weights and KV cache freed, the refit brings the
-    weights back) while the trainer runs. ``disaggregated``: ``num_engines`` engines of
+    """Where engines run (``rollout.groups``). ``colocated``: engines inside the trainer ranks, sharing
+    their GPUs (an engine of ``tensor_parallel`` workers per that many consecutive ranks); each sleeps
+    (vLLM sleep mode level 2, weights and KV cache freed, the refit brings the weights back) while the
+    trainer runs. ``disaggregated``: ``num_engines`` engines of
     ``tensor_parallel`` GPUs each, in processes of their own, on GPUs or nodes the trainer does not use;
     trainer rank 0 streams the refit to them over a weight-transfer group."""
     num_engines: int = 1
@@ -131,9 +133,6 @@ class RolloutConfig:
         if self.max_staleness < 0:
             raise ConfigError(f"max_staleness: must be >= 0, got {self.max_staleness}")
         if self.placement == "colocated":
-            if self.tensor_parallel != 1:
-                raise ConfigError(f"tensor_parallel: {self.tensor_parallel} needs placement: disaggregated (a "
-                                  "colocated engine lives inside one trainer rank, TP 1)")
             if self.max_staleness:
                 raise ConfigError("max_staleness: generating ahead needs placement: disaggregated (a colocated "
                                   "engine shares the trainer's GPU, so the two cannot run at once)")

@@ -3,8 +3,10 @@
 Every trainer rank holds an ``EngineGroup``; its methods are collective over the trainer's world, and
 every rank gets every sample back. ``local`` is what this rank's refit streams into (None: nothing).
 
-    colocated       one TP-1 engine inside every trainer rank, sharing its GPU (``VllmEngine``); a batch
-                    is split over all of them
+    colocated       engines inside the trainer ranks, sharing their GPUs (``VllmEngine``): each run of
+                    ``rollout.tensor_parallel`` consecutive ranks of a node is one engine, every rank its
+                    TP worker (vLLM's external launcher: the ranks of an engine are fed the same requests
+                    and compute the same samples); a batch is split over the engines
     disaggregated   ``rollout.num_engines`` engines of ``rollout.tensor_parallel`` workers each, in
                     processes of their own (``rollout.server``), driven by trainer rank 0
                     (``RemoteEngines``); a batch is split over them, and ``submit`` returns while they
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from megatron_grpo.config.loader import ConfigError
 from megatron_grpo.config.rollout import RolloutConfig, SamplingConfig
 from megatron_grpo.rollout.types import RolloutEngine, Sample, chunk
 
@@ -48,7 +51,8 @@ class EngineGroup:
         return self.collect(self.submit(prompts, sampling, seed, first_index))
 
     def score_each(self, sequences: list[list[int]], prompt_lens: list[int]) -> list[list[list[float]]]:
-        """Rank 0: each engine's log-probs of the given tokens (the refit probe); elsewhere []."""
+        """Collective: rank 0 gets each engine's log-probs of the given tokens (the refit probe); the
+        others []."""
         raise NotImplementedError
 
     def metrics(self) -> dict[str, float]:
@@ -61,21 +65,39 @@ class EngineGroup:
 
 
 class ColocatedEngines(EngineGroup):
-    def __init__(self, engine: RolloutEngine):
-        self.local = engine
+    """``tensor_parallel`` consecutive ranks form engine ``rank // tensor_parallel``; its first rank speaks
+    for it (the others compute the same samples)."""
+
+    def __init__(self, engine: RolloutEngine, tensor_parallel: int = 1):
+        self.local, self.tensor_parallel = engine, tensor_parallel
+
+    @property
+    def count(self) -> int:
+        return dist.get_world_size() // self.tensor_parallel
+
+    @property
+    def _speaks(self) -> bool:
+        return dist.get_rank() % self.tensor_parallel == 0
 
     def submit(self, prompts, sampling, seed, first_index=0, routing=False):
-        mine = chunk(len(prompts), dist.get_world_size(), dist.get_rank())
-        return (self.local.generate([prompts[i] for i in mine], sampling, seed, first_index + mine.start, routing)
-                if mine else [])
+        mine = chunk(len(prompts), self.count, dist.get_rank() // self.tensor_parallel)
+        samples = (self.local.generate([prompts[i] for i in mine], sampling, seed, first_index + mine.start, routing)
+                   if mine else [])
+        return samples if self._speaks else None
 
     def collect(self, pending) -> list[list[Sample]]:
-        parts = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, pending)
-        return [group for p in parts for group in p]
+        return [group for p in self._gather(pending) for group in p]
 
     def score_each(self, sequences, prompt_lens):
-        return [self.local.score(sequences, prompt_lens)] if dist.get_rank() == 0 else []
+        scores = self.local.score(sequences, prompt_lens)  # all of an engine's ranks compute it together
+        every = self._gather(scores if self._speaks else None)
+        return every if dist.get_rank() == 0 else []
+
+    def _gather(self, mine) -> list:
+        """Every engine's ``mine``, in engine order (collective)."""
+        parts = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, mine)
+        return parts[:: self.tensor_parallel]
 
 
 class DisaggregatedEngines(EngineGroup):
@@ -103,8 +125,19 @@ class DisaggregatedEngines(EngineGroup):
 def _colocated(cfg: RolloutConfig, model_dir: Path, tokenizer_dir: str, dtype: str, load_weights: bool) -> EngineGroup:
     from megatron_grpo.rollout.vllm_engine import build_engine
 
-    # All ranks build together: vLLM's own groups are made collectively over the trainer's world.
-    return ColocatedEngines(build_engine(model_dir, tokenizer_dir, cfg, dtype, load_weights=load_weights))
+    check_colocated_world(cfg.tensor_parallel, dist.get_world_size(),
+                          int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size())))
+    # All ranks build together: vLLM's own groups are made collectively over the trainer's world, its TP
+    # groups from consecutive ranks.
+    engine = build_engine(model_dir, tokenizer_dir, cfg, dtype, load_weights=load_weights)
+    return ColocatedEngines(engine, cfg.tensor_parallel)
+
+
+def check_colocated_world(tensor_parallel: int, world_size: int, local_world_size: int) -> None:
+    """A colocated engine's TP group is consecutive ranks of one node: its all-reduces stay off the network."""
+    if world_size % tensor_parallel or local_world_size % tensor_parallel:
+        raise ConfigError(f"rollout.tensor_parallel: {tensor_parallel} colocated engines need it to divide the world "
+                          f"size ({world_size}) and the ranks per node ({local_world_size})")
 
 
 def _disaggregated(cfg: RolloutConfig, model_dir: Path, tokenizer_dir: str, dtype: str,

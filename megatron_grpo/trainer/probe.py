@@ -39,11 +39,10 @@ def probe_trainer(policy: MegatronPolicy, rollout: RolloutBatch) -> Probe:
 
 
 def probe_engine(probe: Probe, engines: EngineGroup) -> dict[str, float]:
-    """Collective. Mean |trainer - engine| log-prob over the probe's responses, for every engine rank 0
-    can ask (colocated: its own; disaggregated: each one); the worst engine's is reported."""
-    verdict = [None]
-    if dist.get_rank() == 0:
-        verdict[0] = max(_abs_diff(probe, scores) for scores in engines.score_each(probe.sequences, probe.prompt_lens))
+    """Collective. Mean |trainer - engine| log-prob over the probe's responses, for every engine of the run;
+    the worst engine's is reported."""
+    every = engines.score_each(probe.sequences, probe.prompt_lens)  # collective: a colocated engine spans ranks
+    verdict = [max(_abs_diff(probe, scores) for scores in every) if dist.get_rank() == 0 else None]
     dist.broadcast_object_list(verdict, src=0)
     return {"rollout/logprob_abs_diff": verdict[0]}
 

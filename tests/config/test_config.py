@@ -73,12 +73,25 @@ def test_missing_file_and_bad_yaml(tmp_path):
     (4, ["parallel.pipeline=4"], "4 model chunks do not divide num_hidden_layers 2"),
     (2, ["parallel.expert=2"], "parallel.expert: 2 needs a mixture-of-experts model; this one is dense"),
     (1, ["algo.routing_replay=true"], "algo.routing_replay: needs a mixture-of-experts model; this one is dense"),
+    (8, ["rollout.tensor_parallel=8"], "rollout.tensor_parallel: 8 does not divide num_attention_heads 4"),
+    (6, ["data.batch_prompts=6", "algo.mini_batch_prompts=6", "rollout.tensor_parallel=4"],
+     "rollout.tensor_parallel: 4 colocated engines need it to divide the world size 6"),
 ])
 def test_world_checks(world, layout, message):
     cfg = load_config(None, layout)
     with pytest.raises(ConfigError) as err:
         check_world(cfg, world, num_attention_heads=4, num_query_groups=2, num_layers=2)
     assert message in str(err.value)
+
+
+def test_colocated_engines_span_consecutive_ranks_of_a_node():
+    from megatron_grpo.rollout.groups import check_colocated_world
+
+    check_world(load_config(None, ["rollout.tensor_parallel=2"]), 4, 4, 2, 2)  # two TP-2 engines in 4 ranks
+    check_world(load_config(None, ["rollout.placement=disaggregated", "rollout.tensor_parallel=4"]), 2, 4, 2, 2)
+    check_colocated_world(4, world_size=8, local_world_size=4)
+    with pytest.raises(ConfigError, match="the ranks per node \\(2\\)"):
+        check_colocated_world(4, world_size=8, local_world_size=2)  # an engine would straddle two nodes
 
 
 @pytest.mark.parametrize(("world", "layout", "message"), [

@@ -17,7 +17,6 @@ from megatron_grpo.config.rollout import RolloutConfig
         ({"max_model_len": 1024}, "train.max_response_length"),
         ({"placment": "colocated"}, "did you mean 'placement'"),
         ({"placement": "remote"}, "placement"),
-        ({"tensor_parallel": 2}, "tensor_parallel: 2 needs placement: disaggregated"),
         ({"max_staleness": 1}, "max_staleness: generating ahead needs placement: disaggregated"),
         ({"placement": "disaggregated", "launch_engines": False}, "engine_port"),
         ({"placement": "disaggregated", "num_engines": 0}, "num_engines"),

@@ -71,3 +71,22 @@ def test_engine_executor_binds_the_ranks_device(monkeypatch):
         _, rank, local_rank = ExecutorWithExternalLauncher._distributed_args(None)
     assert (rank, local_rank) == (0, 3)
     assert "LOCAL_RANK" not in os.environ  # the build's variables do not leak into the trainer's env
+
+
+@pytest.mark.slow
+def test_colocated_tp2_engine_trains_as_two_tp1_engines(tmp_path):
+    """Two trainer ranks as one TP-2 engine against each rank its own TP-1 engine: the same samples (prompt i
+    is seeded as prompt i wherever it lands), so the same rewards and the same update up to rounding."""
+    from megatron_grpo.trainer.logger import read_metrics
+    from tests.trainer.harness import train
+
+    overrides = ["trainer.max_steps=3", "checkpoint.save_freq=0", "trainer.test_freq=0"]
+    runs = {tp: train(tmp_path / f"tp{tp}", *overrides, f"rollout.tensor_parallel={tp}", nproc=2) for tp in (1, 2)}
+    assert all(p.returncode == 0 for p in runs.values()), "".join(p.stderr[-3000:] for p in runs.values())
+    one, two = read_metrics(tmp_path / "tp1"), read_metrics(tmp_path / "tp2")
+    assert len(one) == len(two) == 3
+    for a, b in zip(one, two, strict=True):
+        assert (a["reward/mean"], a["response_length/mean"]) == (b["reward/mean"], b["response_length/mean"])
+        assert b["actor/grad_norm"] == pytest.approx(a["actor/grad_norm"], rel=1e-5)
+        assert b["rollout/logprob_abs_diff"] < 1e-4  # the probe, on the one engine
+        assert a["refit/checksum_ok"] == 1.0 and "refit/checksum_ok" not in b  # a TP worker holds shards
