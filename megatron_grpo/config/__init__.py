@@ -103,7 +103,7 @@ def check_world(cfg: Config, world_size: int, num_attention_heads: int, num_quer
     if num_attention_heads % rtp:
         raise ConfigError(f"rollout.tensor_parallel: {rtp} does not divide num_attention_heads {num_attention_heads} "
                           "(vLLM splits the heads over an engine's workers)")
-    if cfg.rollout.placement == "colocated" and world_size % rtp:
+    if cfg.rollout.shares_gpus and world_size % rtp:
         raise ConfigError(f"rollout.tensor_parallel: {rtp} colocated engines need it to divide the world size "
                           f"{world_size} (an engine is that many consecutive trainer ranks)")
     chunks = pp * (cfg.parallel.virtual_pipeline or 1)

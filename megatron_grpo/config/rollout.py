@@ -68,15 +68,18 @@ class RolloutConfig:
     blocks only, so models with a short max_model_len want a small one (a multiple of 32 on CPU)."""
     enforce_eager: bool = True
     """Skip CUDA graphs / torch.compile: faster start, slower decode; the CPU build wants True."""
-    placement: Literal["colocated", "disaggregated"] = "colocated"
+    placement: Literal["colocated", "colocated_process", "disaggregated"] = "colocated"
     """Where engines run (``rollout.groups``). ``colocated``: engines inside the trainer ranks, sharing
     their GPUs (an engine of ``tensor_parallel`` workers per that many consecutive ranks); each sleeps
     (vLLM sleep mode level 2, weights and KV cache freed, the refit brings the weights back) while the
-    trainer runs. ``disaggregated``: ``num_engines`` engines of
+    trainer runs. ``colocated_process``: the same engines on the same GPUs, but in processes of their own
+    (started by each node's first rank); each rank lends every refit bucket to the worker on its GPU by
+    a CUDA-IPC handle (``refit.ipc``). ``disaggregated``: ``num_engines`` engines of
     ``tensor_parallel`` GPUs each, in processes of their own, on GPUs or nodes the trainer does not use;
     trainer rank 0 streams the refit to them over a weight-transfer group."""
     num_engines: int = 1
-    """Disaggregated: how many engines (each ``tensor_parallel`` GPUs) generate."""
+    """Disaggregated: how many engines (each ``tensor_parallel`` GPUs) generate. Colocated placements
+    ignore it: world size / ``tensor_parallel``."""
     launch_engines: bool = True
     """Disaggregated: trainer rank 0 starts the engines on its own node, on the GPUs after the trainer's.
     False: they are started elsewhere (``slurm/train.sbatch`` on the rollout nodes) and connect to
@@ -98,6 +101,11 @@ class RolloutConfig:
     """After each refit compare a checksum and a log-prob probe between trainer and engine."""
     seed: int = 0
     """vLLM engine seed; each generate() call also takes its own seed for per-request seeding."""
+
+    @property
+    def shares_gpus(self) -> bool:
+        """Engines on the trainer's GPUs (in its processes or beside them): the two take turns."""
+        return self.placement != "disaggregated"
 
     def engine_dtype(self, policy_dtype: str) -> str:
         """``dtype`` with ``auto`` resolved: bf16 on the accelerator path, the policy's dtype on CPU."""
@@ -132,9 +140,12 @@ class RolloutConfig:
             raise ConfigError(f"engine_port: {self.engine_port} is not a TCP port")
         if self.max_staleness < 0:
             raise ConfigError(f"max_staleness: must be >= 0, got {self.max_staleness}")
-        if self.placement == "colocated":
+        if self.shares_gpus:
             if self.max_staleness:
                 raise ConfigError("max_staleness: generating ahead needs placement: disaggregated (a colocated "
                                   "engine shares the trainer's GPU, so the two cannot run at once)")
+            if self.placement == "colocated_process" and not self.launch_engines:
+                raise ConfigError("launch_engines: colocated_process engines are started by the trainer, on its "
+                                  "GPUs; engines started elsewhere need placement: disaggregated")
         elif not self.launch_engines and not self.engine_port:
             raise ConfigError("engine_port: engines started elsewhere (launch_engines: false) need a fixed port")

@@ -337,7 +337,7 @@ def _rollout_memory(cfg: Config, arch: ModelArch, layout: Layout, train: TrainMe
     kv_heads = max(arch.num_query_groups // layout.rollout_tp, 1)  # vLLM replicates KV heads past TP = g
     # The loop (trainer/colocate.py): with offload_trainer the gradient buffers are freed, the optimizer
     # state and, with the distributed optimizer, the weights wait in host memory while vLLM generates.
-    colocated = cfg.rollout.placement == "colocated"
+    colocated = cfg.rollout.shares_gpus
     offload = colocated and cfg.rollout.offload_trainer
     weights_stay = not cfg.parallel.distributed_optimizer  # no contiguous weight buffer to move
     resident = (train.params if weights_stay else 0.0) if offload else train.static
@@ -462,7 +462,7 @@ def _fitting_layout(cfg: Config, arch: ModelArch, nodes: int, gpus: int, trial) 
         for tp, pp in _candidates(arch, n * gpus, gpus):
             c = _with(cfg, "parallel", tensor=tp, pipeline=pp, virtual_pipeline=None,
                       sequence_parallel=cfg.parallel.sequence_parallel and tp > 1)
-            if cfg.rollout.placement == "colocated":  # an engine per TP group; disaggregated ones stay as set
+            if cfg.rollout.shares_gpus:  # an engine per TP group; disaggregated ones stay as set
                 c = _with(c, "rollout", tensor_parallel=max(tp, cfg.rollout.tensor_parallel))
             try:
                 alt = trial(c, n)

@@ -7,6 +7,10 @@ every rank gets every sample back. ``local`` is what this rank's refit streams i
                     ``rollout.tensor_parallel`` consecutive ranks of a node is one engine, every rank its
                     TP worker (vLLM's external launcher: the ranks of an engine are fed the same requests
                     and compute the same samples); a batch is split over the engines
+    colocated_process
+                    the same engines on the same GPUs, in processes of their own (``rollout.server``,
+                    started by each node's first rank), driven by trainer rank 0; every rank lends each
+                    refit bucket to the worker on its GPU (``remote.LendingEngines``, ``refit.ipc``)
     disaggregated   ``rollout.num_engines`` engines of ``rollout.tensor_parallel`` workers each, in
                     processes of their own (``rollout.server``), driven by trainer rank 0
                     (``RemoteEngines``); a batch is split over them, and ``submit`` returns while they
@@ -100,33 +104,41 @@ class ColocatedEngines(EngineGroup):
         return parts[:: self.tensor_parallel]
 
 
-class DisaggregatedEngines(EngineGroup):
-    def __init__(self, remote):
-        self.local = remote  # RemoteEngines on rank 0, None elsewhere
+class ProcessEngines(EngineGroup):
+    """Engines in processes of their own, driven by trainer rank 0's ``remote`` (None elsewhere). ``local``,
+    what the refit streams into: ``remote`` itself (disaggregated; the other ranks only help gather), or
+    every rank's ``LendingEngines`` (colocated_process)."""
+
+    def __init__(self, remote, local=None):
+        self.remote = remote
+        self.local = remote if local is None else local
 
     def submit(self, prompts, sampling, seed, first_index=0, routing=False):
-        return self.local.submit(prompts, sampling, seed, first_index, routing) if self.local is not None else None
+        return self.remote.submit(prompts, sampling, seed, first_index, routing) if self.remote is not None else None
 
     def collect(self, pending) -> list[list[Sample]]:
-        box = [self.local.result(pending) if self.local is not None else None]
+        box = [self.remote.result(pending) if self.remote is not None else None]
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
     def score_each(self, sequences, prompt_lens):
-        return self.local.score_each(sequences, prompt_lens) if self.local is not None else []
+        return self.remote.score_each(sequences, prompt_lens) if self.remote is not None else []
 
     def metrics(self) -> dict[str, float]:
-        if self.local is None:
+        if self.remote is None:
             return {}
-        idle, self.local.idle_seconds = self.local.idle_seconds, [0.0] * self.local.count
+        idle, self.remote.idle_seconds = self.remote.idle_seconds, [0.0] * self.remote.count
         return {"engine/idle_s": max(idle)}
+
+
+def _ranks_per_node() -> int:
+    return int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size()))
 
 
 def _colocated(cfg: RolloutConfig, model_dir: Path, tokenizer_dir: str, dtype: str, load_weights: bool) -> EngineGroup:
     from megatron_grpo.rollout.vllm_engine import build_engine
 
-    check_colocated_world(cfg.tensor_parallel, dist.get_world_size(),
-                          int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size())))
+    check_colocated_world(cfg.tensor_parallel, dist.get_world_size(), _ranks_per_node())
     # All ranks build together: vLLM's own groups are made collectively over the trainer's world, its TP
     # groups from consecutive ranks.
     engine = build_engine(model_dir, tokenizer_dir, cfg, dtype, load_weights=load_weights)
@@ -154,10 +166,37 @@ def _disaggregated(cfg: RolloutConfig, model_dir: Path, tokenizer_dir: str, dtyp
         remote = connect_engines(cfg, model_dir, tokenizer_dir, dtype, load_weights, host,
                                  platform.dist_backend(), platform.device(), first_gpu)
     dist.barrier()
-    return DisaggregatedEngines(remote)
+    return ProcessEngines(remote)
 
 
-PLACEMENTS: dict[str, Callable[..., EngineGroup]] = {"colocated": _colocated, "disaggregated": _disaggregated}
+def _colocated_process(cfg: RolloutConfig, model_dir: Path, tokenizer_dir: str, dtype: str,
+                       load_weights: bool) -> EngineGroup:
+    """Each node's first rank starts the node's engines, engine e on the GPUs of trainer ranks
+    ``e * tp ...`` (so worker w of engine e shares trainer rank ``e * tp + w``'s GPU); all connect to rank 0."""
+    from megatron_grpo import platform
+    from megatron_grpo.rollout.remote import LendingEngines, accept_engines, listen, spawn_engines
+
+    tp, world, per_node, rank = cfg.tensor_parallel, dist.get_world_size(), _ranks_per_node(), dist.get_rank()
+    check_colocated_world(tp, world, per_node)
+    box, listener = [None], None
+    if rank == 0:
+        host = "127.0.0.1" if per_node == world else os.environ.get(HOST_ENV, socket.gethostname())
+        listener, key = listen(cfg, host)
+        box[0] = (host, listener.address[1], key)
+    dist.broadcast_object_list(box, src=0)
+    host, port, key = box[0]
+    procs = []
+    if rank % per_node == 0:
+        procs = spawn_engines(per_node // tp, tp, f"{host}:{port}", key, first_gpu=0,
+                              on_gpu=platform.device().type == "cuda", first_index=rank // tp)
+    remote = (accept_engines(listener, procs, world // tp, cfg, model_dir, tokenizer_dir, dtype, load_weights, host,
+                             backend=None) if rank == 0 else None)
+    dist.barrier()
+    return ProcessEngines(remote, LendingEngines(remote, tp, cfg.refit_bucket_mb << 20, procs))
+
+
+PLACEMENTS: dict[str, Callable[..., EngineGroup]] = {
+    "colocated": _colocated, "colocated_process": _colocated_process, "disaggregated": _disaggregated}
 
 
 def build_engines(cfg: RolloutConfig, model_dir: Path, tokenizer_dir: str, dtype: str,

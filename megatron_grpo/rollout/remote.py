@@ -5,6 +5,10 @@ them, a refit bucket is checked by all of them, then broadcast once over the wei
 (``refit.transfer``) that every worker of every engine joined. Requests are pipelined: ``submit`` returns
 at once and ``result`` waits, so the trainer can train while the engines generate. Each connection's
 replies arrive in the order of its requests.
+
+``LendingEngines`` is every trainer rank's side of engine processes on the trainer's own GPUs (placement
+``colocated_process``): each rank lends a bucket to the worker on its GPU (``refit.ipc``), rank 0 tells the
+engines to take it.
 """
 
 from __future__ import annotations
@@ -39,8 +43,10 @@ class EngineError(RuntimeError):
 class RemoteEngines:
     """Build with ``connect_engines``."""
 
-    def __init__(self, conns: list[Connection], group, bucket_bytes: int, procs: list[subprocess.Popen]):
+    def __init__(self, conns: list[Connection], group, bucket_bytes: int, procs: list[subprocess.Popen],
+                 shares_gpus: bool = False):
         self._conns, self._group, self._bucket_bytes, self._procs = conns, group, bucket_bytes, procs
+        self._shares_gpus = shares_gpus  # the engines sleep while the trainer uses their GPUs
         self._sent = [0] * len(conns)
         self._read = [0] * len(conns)
         self._stash: dict[tuple[int, int], tuple] = {}
@@ -130,10 +136,13 @@ class RemoteEngines:
         """Every engine takes every bucket; all of them hold ``version`` after the last one."""
         try:
             send_in_buckets(named_tensors, self._bucket_bytes, self._send_bucket)
-            self._call_all("finish_update", version)
+            self.finish_update(version)
         except BaseException:
-            self._abort()
+            self.abort_update()
             raise
+
+    def finish_update(self, version: int) -> None:
+        self._call_all("finish_update", version)
 
     def _send_bucket(self, bucket: list[tuple[str, torch.Tensor]]) -> None:
         metas, flat = transfer.pack(bucket)
@@ -142,7 +151,12 @@ class RemoteEngines:
         transfer.send(self._group, flat)
         self._replies(tickets)
 
-    def _abort(self) -> None:
+    def receive_lent(self, metas: list[transfer.TensorMeta], handles: list[list]) -> None:
+        """A bucket the trainer ranks lent (``refit.ipc``): ``handles[i]`` holds one per worker of engine i."""
+        self._call_all("check_bucket", metas)
+        self._replies([self._send(i, "receive_bucket", metas, handles[i]) for i in range(self.count)])
+
+    def abort_update(self) -> None:
         try:
             for i, state in enumerate(self._call_all("abort_update")):
                 log.warning("refit aborted: engine %d: %s", i, state)
@@ -167,10 +181,14 @@ class RemoteEngines:
     # ---- memory and lifetime ------------------------------------------------------------------------
 
     def sleep(self, level: int = 1) -> None:
-        """Engines of their own keep their GPUs: nothing to free."""
+        """Engines on the trainer's GPUs free them (``VllmEngine.sleep``); engines of their own keep theirs."""
+        if self._shares_gpus:
+            self._call_all("sleep", level)
 
     def wake_up(self, tags: list[str] | None = None) -> None:
         """See ``sleep``."""
+        if self._shares_gpus:
+            self._call_all("wake_up", tags)
 
     def close(self) -> None:
         for i in range(self.count):
@@ -193,9 +211,9 @@ def _die_with_parent() -> None:
 
 
 def spawn_engines(count: int, tensor_parallel: int, connect: str, key: str, first_gpu: int,
-                  on_gpu: bool) -> list[subprocess.Popen]:
-    """Start ``count`` engine processes on this node; on GPU engine i owns GPUs
-    ``first_gpu + i * tp ...`` (the trainer's ranks hold the ones before)."""
+                  on_gpu: bool, first_index: int = 0) -> list[subprocess.Popen]:
+    """Start ``count`` engine processes on this node, numbered from ``first_index``; on GPU engine i owns
+    GPUs ``first_gpu + i * tp ...`` (disaggregated: the trainer's ranks hold the ones before)."""
     procs = []
     for i in range(count):
         env = {**os.environ, KEY_ENV: key}
@@ -205,7 +223,7 @@ def spawn_engines(count: int, tensor_parallel: int, connect: str, key: str, firs
             gpus = range(first_gpu + i * tensor_parallel, first_gpu + (i + 1) * tensor_parallel)
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
         procs.append(subprocess.Popen([sys.executable, "-m", "megatron_grpo.rollout.server", "--connect", connect,
-                                       "--index", str(i)], env=env, preexec_fn=_die_with_parent))
+                                       "--index", str(first_index + i)], env=env, preexec_fn=_die_with_parent))
     return procs
 
 
@@ -224,42 +242,129 @@ def _accept(listener: Listener, procs: list[subprocess.Popen], deadline: float) 
             continue
 
 
+def listen(cfg: RolloutConfig, host: str) -> tuple[Listener, str]:
+    """Trainer rank 0's listener for engines, and the key they must know."""
+    key = os.environ.get(KEY_ENV) or (secrets.token_hex(16) if cfg.launch_engines else None)
+    if key is None:
+        raise ConfigError(f"rollout.launch_engines: false needs {KEY_ENV} set for the trainer and the engines alike")
+    listener = Listener(("0.0.0.0", cfg.engine_port), authkey=key.encode())
+    if not cfg.launch_engines and os.environ.get(ADDRESS_ENV):
+        publish_address(Path(os.environ[ADDRESS_ENV]), f"{host}:{listener.address[1]}")
+    return listener, key
+
+
 def connect_engines(cfg: RolloutConfig, model_dir: Path, tokenizer_dir: str, dtype: str, load_weights: bool,
                     host: str, backend: str, device: torch.device, first_gpu: int = 0,
                     timeout: float = 1800.0) -> RemoteEngines:
     """Trainer rank 0: listen for ``cfg.num_engines`` engines (spawned here when ``cfg.launch_engines``,
     else started elsewhere, e.g. on Slurm's rollout nodes, with ``--connect host:engine_port``), tell each
     what to build, and form the weight-transfer group with all their workers."""
-
-    key = os.environ.get(KEY_ENV) or (secrets.token_hex(16) if cfg.launch_engines else None)
-    if key is None:
-        raise ConfigError(f"rollout.launch_engines: false needs {KEY_ENV} set for the trainer and the engines alike")
-    listener = Listener(("0.0.0.0", cfg.engine_port), authkey=key.encode())
-    port = listener.address[1]
-    if not cfg.launch_engines and os.environ.get(ADDRESS_ENV):
-        publish_address(Path(os.environ[ADDRESS_ENV]), f"{host}:{port}")
-    procs = (spawn_engines(cfg.num_engines, cfg.tensor_parallel, f"{host}:{port}", key, first_gpu,
+    listener, key = listen(cfg, host)
+    procs = (spawn_engines(cfg.num_engines, cfg.tensor_parallel, f"{host}:{listener.address[1]}", key, first_gpu,
                            device.type == "cuda") if cfg.launch_engines else [])
-    log.info("waiting for %d engine(s) at %s:%d", cfg.num_engines, host, port)
-    conns: list[Connection | None] = [None] * cfg.num_engines
+    return accept_engines(listener, procs, cfg.num_engines, cfg, model_dir, tokenizer_dir, dtype, load_weights,
+                          host, backend, timeout)
+
+
+def accept_engines(listener: Listener, procs: list[subprocess.Popen], count: int, cfg: RolloutConfig,
+                   model_dir: Path, tokenizer_dir: str, dtype: str, load_weights: bool, host: str,
+                   backend: str | None, timeout: float = 1800.0) -> RemoteEngines:
+    """Trainer rank 0: take ``count`` engines' connections, tell each what to build, and (``backend``) form
+    the weight-transfer group with all their workers; ``backend`` None: the engines share the trainer's
+    GPUs and borrow its buckets instead (``LendingEngines``)."""
+    log.info("waiting for %d engine(s) at %s:%d", count, host, listener.address[1])
+    conns: list[Connection | None] = [None] * count
     deadline = time.monotonic() + timeout
-    for _ in range(cfg.num_engines):
+    for _ in range(count):
         conn = _accept(listener, procs, deadline)
         _, index, hostname, pid = conn.recv()
         index = conns.index(None) if index < 0 else index
-        if not 0 <= index < cfg.num_engines or conns[index] is not None:
+        if not 0 <= index < count or conns[index] is not None:
             raise EngineError(f"engine on {hostname} (pid {pid}) claims index {index}, which is taken or not in "
-                              f"[0, rollout.num_engines={cfg.num_engines})")
+                              f"[0, {count}) (rollout.num_engines)")
         conns[index] = conn
     listener.close()
-    address, store_socket = transfer.open_group(host, 1 + cfg.num_engines * cfg.tensor_parallel, backend)
+    tp = cfg.tensor_parallel
+    address, store_socket = transfer.open_group(host, 1 + count * tp, backend) if backend else (None, None)
     for i, conn in enumerate(conns):
-        conn.send(EngineSpec(str(model_dir), str(tokenizer_dir), cfg, dtype, load_weights, address,
-                             1 + i * cfg.tensor_parallel))
-    group = transfer.join(address, 0, store_socket)
-    engines = RemoteEngines(conns, group, cfg.refit_bucket_mb << 20, procs)
+        conn.send(EngineSpec(str(model_dir), str(tokenizer_dir), cfg, dtype, load_weights, address, 1 + i * tp))
+    group = transfer.join(address, 0, store_socket) if backend else None
+    engines = RemoteEngines(conns, group, cfg.refit_bucket_mb << 20, procs, shares_gpus=backend is None)
     for i, conn in enumerate(conns):
         status, _, _ = conn.recv()
         if status != "ready":
             raise EngineError(f"engine {i} did not come up: {status}")
     return engines
+
+
+class LendingEngines:
+    """Every trainer rank's handle on engine processes that share the trainer's GPUs (``colocated_process``):
+    the refit lends each bucket to the engine worker on this rank's GPU (``refit.ipc``: nothing crosses a
+    link), and ``sleep``/``wake_up`` hand the GPUs over. Collective: every rank makes every call; rank 0
+    (``remote``) speaks to the engines and every rank learns the outcome, so all raise together."""
+
+    def __init__(self, remote: RemoteEngines | None, tensor_parallel: int, bucket_bytes: int,
+                 procs: list[subprocess.Popen]):
+        self.remote, self._tp, self._bucket_bytes, self._procs = remote, tensor_parallel, bucket_bytes, procs
+
+    def _everywhere(self, call):
+        """``call(remote)`` on rank 0; its result, or its error, on every rank."""
+        import torch.distributed as dist
+
+        box = [None]
+        if self.remote is not None:
+            try:
+                box[0] = ("ok", call(self.remote))
+            except Exception as exc:  # raised on every rank below
+                box[0] = (type(exc).__name__, str(exc))
+        dist.broadcast_object_list(box, src=0)
+        status, value = box[0]
+        if status == "ok":
+            return value
+        raise (WeightMismatchError if status == "WeightMismatchError" else EngineError)(value)
+
+    def check_manifest(self, manifest: Mapping[str, tuple[tuple[int, ...], torch.dtype]]) -> None:
+        self._everywhere(lambda remote: remote.check_manifest(dict(manifest)))
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int = 0) -> None:
+        try:
+            send_in_buckets(named_tensors, self._bucket_bytes, self._lend)
+            self._everywhere(lambda remote: remote.finish_update(version))
+        except BaseException:
+            if self.remote is not None:
+                self.remote.abort_update()
+            raise
+
+    def _lend(self, bucket: list[tuple[str, torch.Tensor]]) -> None:
+        import torch.distributed as dist
+
+        from megatron_grpo.refit import ipc
+
+        metas, flat = transfer.pack(bucket)
+        lent = ipc.lend(flat)
+        try:
+            handles = [None] * dist.get_world_size() if self.remote is not None else None
+            dist.gather_object(lent.handle, handles, dst=0)
+            self._everywhere(lambda remote: remote.receive_lent(
+                metas, [handles[e * self._tp: (e + 1) * self._tp] for e in range(remote.count)]))
+        finally:  # every engine has answered (or failed): the buffer may go
+            lent.release()
+
+    def weight_checksums(self) -> dict[str, float] | None:
+        return self._everywhere(lambda remote: remote.weight_checksums())
+
+    def sleep(self, level: int = 1) -> None:
+        """Returns once every engine has freed the GPUs, on every rank (so none onloads the trainer early)."""
+        self._everywhere(lambda remote: remote.sleep(level))
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        self._everywhere(lambda remote: remote.wake_up(tags))
+
+    def close(self) -> None:
+        if self.remote is not None:
+            self.remote.close()
+        for proc in self._procs:  # the engines this rank started (each node's first rank)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()

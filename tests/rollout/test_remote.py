@@ -60,7 +60,7 @@ def _trainer() -> dict:
     from megatron_grpo.model.policy import MegatronPolicy
     from megatron_grpo.refit import transfer
     from megatron_grpo.refit.stream import refit
-    from megatron_grpo.rollout.groups import DisaggregatedEngines
+    from megatron_grpo.rollout.groups import ProcessEngines
     from megatron_grpo.rollout.remote import connect_engines
     from megatron_grpo.trainer.probe import logprob_probe
     from megatron_grpo.trainer.rollout import to_rollout_batch
@@ -74,7 +74,7 @@ def _trainer() -> dict:
         (Path(model_dir) / "config.json").write_text((TINY / "config.json").read_text())
         remote = connect_engines(ENGINE, Path(model_dir), str(TINY), "fp32", False, "127.0.0.1", "gloo",
                                  torch.device("cpu"))
-    engines = DisaggregatedEngines(remote)
+    engines = ProcessEngines(remote)
     out = {"dummy_vs_old": mean_abs_diff(_engine_scores(remote), _policy_scores(old))}
     try:
         out["metrics"] = refit(old, remote, torch.float32, version=3)

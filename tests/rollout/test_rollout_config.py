@@ -18,6 +18,8 @@ from megatron_grpo.config.rollout import RolloutConfig
         ({"placment": "colocated"}, "did you mean 'placement'"),
         ({"placement": "remote"}, "placement"),
         ({"max_staleness": 1}, "max_staleness: generating ahead needs placement: disaggregated"),
+        ({"placement": "colocated_process", "max_staleness": 1}, "max_staleness: generating ahead needs placement"),
+        ({"placement": "colocated_process", "launch_engines": False}, "launch_engines: colocated_process engines"),
         ({"placement": "disaggregated", "launch_engines": False}, "engine_port"),
         ({"placement": "disaggregated", "num_engines": 0}, "num_engines"),
     ],

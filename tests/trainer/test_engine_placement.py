@@ -74,19 +74,24 @@ def test_engine_executor_binds_the_ranks_device(monkeypatch):
 
 
 @pytest.mark.slow
-def test_colocated_tp2_engine_trains_as_two_tp1_engines(tmp_path):
-    """Two trainer ranks as one TP-2 engine against each rank its own TP-1 engine: the same samples (prompt i
-    is seeded as prompt i wherever it lands), so the same rewards and the same update up to rounding."""
+def test_a_colocated_tp2_engine_in_or_beside_the_trainer_trains_as_two_tp1_engines(tmp_path):
+    """Two trainer ranks as one TP-2 engine (in their processes, or in an engine process of its own on their
+    devices, refitted by lent buffers), against each rank its own TP-1 engine: the same samples (prompt i is
+    seeded as prompt i wherever it lands), so the same rewards and the same update up to rounding."""
     from megatron_grpo.trainer.logger import read_metrics
     from tests.trainer.harness import train
 
     overrides = ["trainer.max_steps=3", "checkpoint.save_freq=0", "trainer.test_freq=0"]
-    runs = {tp: train(tmp_path / f"tp{tp}", *overrides, f"rollout.tensor_parallel={tp}", nproc=2) for tp in (1, 2)}
+    layouts = {"tp1": ["rollout.tensor_parallel=1"], "tp2": ["rollout.tensor_parallel=2"],
+               "tp2_process": ["rollout.tensor_parallel=2", "rollout.placement=colocated_process"]}
+    runs = {name: train(tmp_path / name, *overrides, *extra, nproc=2) for name, extra in layouts.items()}
     assert all(p.returncode == 0 for p in runs.values()), "".join(p.stderr[-3000:] for p in runs.values())
-    one, two = read_metrics(tmp_path / "tp1"), read_metrics(tmp_path / "tp2")
-    assert len(one) == len(two) == 3
-    for a, b in zip(one, two, strict=True):
-        assert (a["reward/mean"], a["response_length/mean"]) == (b["reward/mean"], b["response_length/mean"])
+    one, two, beside = (read_metrics(tmp_path / name) for name in layouts)
+    assert len(one) == len(two) == len(beside) == 3
+    for a, b, c in zip(one, two, beside, strict=True):
+        for key in ("reward/mean", "response_length/mean"):
+            assert a[key] == b[key] == c[key], key
         assert b["actor/grad_norm"] == pytest.approx(a["actor/grad_norm"], rel=1e-5)
-        assert b["rollout/logprob_abs_diff"] < 1e-4  # the probe, on the one engine
+        assert c["actor/grad_norm"] == b["actor/grad_norm"]  # the same engine, wherever it runs
+        assert b["rollout/logprob_abs_diff"] < 1e-4 and c["rollout/logprob_abs_diff"] < 1e-4  # the probe
         assert a["refit/checksum_ok"] == 1.0 and "refit/checksum_ok" not in b  # a TP worker holds shards
