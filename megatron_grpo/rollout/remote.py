@@ -221,10 +221,19 @@ def spawn_engines(count: int, tensor_parallel: int, connect: str, key: str, firs
             env.pop(var, None)  # the engine is not a trainer rank
         if on_gpu:
             gpus = range(first_gpu + i * tensor_parallel, first_gpu + (i + 1) * tensor_parallel)
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
+            env["CUDA_VISIBLE_DEVICES"] = engine_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"), gpus)
         procs.append(subprocess.Popen([sys.executable, "-m", "megatron_grpo.rollout.server", "--connect", connect,
                                        "--index", str(first_index + i)], env=env, preexec_fn=_die_with_parent))
     return procs
+
+
+def engine_gpus(visible: str | None, gpus: range) -> str:
+    """``CUDA_VISIBLE_DEVICES`` for an engine on this node's GPUs ``gpus``, numbered as the trainer sees them:
+    under Slurm the trainer's own list may name other physical GPUs (``4,5,6,7``) than 0..n-1."""
+    ids = [g.strip() for g in visible.split(",")] if visible else [str(g) for g in range(gpus.stop)]
+    if gpus.stop > len(ids):
+        raise EngineError(f"engine GPUs {list(gpus)}: only {len(ids)} visible (CUDA_VISIBLE_DEVICES={visible})")
+    return ",".join(ids[g] for g in gpus)
 
 
 def _accept(listener: Listener, procs: list[subprocess.Popen], deadline: float) -> Connection:

@@ -61,3 +61,13 @@ def test_a_batch_is_split_over_the_engines_and_every_rank_gets_all_of_it(tensor_
     assert all(any(c[0] == "score" for c in r["calls"]) for r in ranks)  # score_each: every rank computes
     assert ranks[0]["scored"] == [[[float(e * tensor_parallel)]] for e in range(engines)]  # engine order
     assert all(r["scored"] == [] for r in ranks[1:])
+
+
+def test_spawned_engines_get_the_gpus_the_trainer_sees_by_those_numbers():
+    from megatron_grpo.rollout.remote import EngineError, engine_gpus
+
+    assert engine_gpus(None, range(2, 4)) == "2,3"
+    assert engine_gpus("4,5,6,7", range(2, 4)) == "6,7"  # Slurm gave the job physical GPUs 4-7
+    assert engine_gpus("GPU-a, GPU-b", range(0, 1)) == "GPU-a"
+    with pytest.raises(EngineError, match="only 4 visible"):
+        engine_gpus("4,5,6,7", range(4, 6))
