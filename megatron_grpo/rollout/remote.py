@@ -152,8 +152,8 @@ class RemoteEngines:
         self._replies(tickets)
 
     def receive_lent(self, metas: list[transfer.TensorMeta], handles: list[list]) -> None:
-        """A bucket the trainer ranks lent (``refit.ipc``): ``handles[i]`` holds one per worker of engine i."""
-        self._call_all("check_bucket", metas)
+        """A bucket the trainer ranks lent (``refit.ipc``): ``handles[i]`` holds one per worker of engine i.
+        Each engine checks it and takes it in one request (nobody blocks on a rejected one)."""
         self._replies([self._send(i, "receive_bucket", metas, handles[i]) for i in range(self.count)])
 
     def abort_update(self) -> None:

@@ -500,7 +500,10 @@ class VllmEngine:
 
     def receive_bucket(self, metas: list, handles: list | None = None) -> None:
         """Take the bucket ``check_bucket`` passed: every worker receives it (or, with ``handles``, one per
-        worker, borrows it from the trainer rank on its GPU), checks its bytes, loads it."""
+        worker, borrows it from the trainer rank on its GPU), checks its bytes, loads it. A lent bucket
+        keeps no sender waiting, so it is checked here, in the same request."""
+        if handles is not None:
+            self.check_bucket(metas)
         try:
             damaged = self._llm.collective_rpc("grpo_receive_bucket", args=(metas, sorted(self._pending), handles))
         except BaseException:

@@ -1,5 +1,6 @@
 """The trainer end to end on the embedded tiny default, through the real CLI in subprocesses:
-learning, exact resume after kill -9, SIGTERM save-and-exit, DP2/TP2 = 1 process, NaN handling."""
+learning, exact resume after kill -9, SIGTERM save-and-exit, two ranks = 1 process (policy DP2/TP2, one
+TP-2 engine in or beside them), NaN handling."""
 
 from __future__ import annotations
 
@@ -65,19 +66,39 @@ def test_sigterm_saves_checkpoint_and_exits_for_requeue(tmp_path):
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == f"step_{last}"
 
 
-@pytest.mark.parametrize("layout", ["parallel.tensor=1", "parallel.tensor=2"], ids=["dp2", "tp2"])
-def test_two_processes_match_one(tmp_path, layout):
-    single, double = tmp_path / "one", tmp_path / "two"
-    base = ["trainer.max_steps=3", "checkpoint.save_freq=0", "trainer.test_freq=3"]
-    for run_dir, nproc in ((single, 1), (double, 2)):
-        proc = train(run_dir, *base, layout if nproc == 2 else "parallel.tensor=1", nproc=nproc)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    for a, b in zip(read_metrics(single), read_metrics(double), strict=True):
+TWO_VS_ONE = ["trainer.max_steps=3", "checkpoint.save_freq=0", "trainer.test_freq=3"]
+LAYOUTS = {  # two ranks: the policy's layout, and where their engines run
+    "dp2": ["parallel.tensor=1"],
+    "tp2": ["parallel.tensor=2"],
+    "engine_tp2": ["rollout.tensor_parallel=2"],  # the two ranks are one TP-2 engine's workers
+    "engine_tp2_process": ["rollout.tensor_parallel=2", "rollout.placement=colocated_process"],  # lent buckets
+}
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> list[dict]:
+    run_dir = tmp_path_factory.mktemp("one")
+    proc = train(run_dir, *TWO_VS_ONE, "parallel.tensor=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return read_metrics(run_dir)
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_two_processes_match_one(tmp_path, one_process, layout):
+    """Prompt i of a step is seeded as prompt i on whichever engine it lands, so every layout draws the
+    one-process run's samples: the same rewards, and the same update up to rounding."""
+    proc = train(tmp_path, *TWO_VS_ONE, *LAYOUTS[layout], nproc=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = read_metrics(tmp_path)
+    for a, b in zip(one_process, two, strict=True):
         assert a["reward/mean"] == b["reward/mean"]
         for key in ("actor/grad_norm", "actor/entropy"):
             assert b[key] == pytest.approx(a[key], rel=1e-5), key
-    # validation split over both engines draws the samples one engine draws
-    evals = [{k: v for k, v in read_metrics(d)[-1].items() if k.startswith("eval/")} for d in (single, double)]
+        assert b["rollout/logprob_abs_diff"] < 1e-4  # the refit probe, on every engine
+        # a TP worker holds shards: no read-back, the probe checks it
+        assert ("refit/checksum_ok" in b) == (layout in ("dp2", "tp2"))
+    # validation split over the engines draws the samples one engine draws
+    evals = [{k: v for k, v in rows[-1].items() if k.startswith("eval/")} for rows in (one_process, two)]
     assert evals[0] and evals[1] == evals[0]
 
 

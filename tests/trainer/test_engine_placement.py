@@ -72,26 +72,3 @@ def test_engine_executor_binds_the_ranks_device(monkeypatch):
     assert (rank, local_rank) == (0, 3)
     assert "LOCAL_RANK" not in os.environ  # the build's variables do not leak into the trainer's env
 
-
-@pytest.mark.slow
-def test_a_colocated_tp2_engine_in_or_beside_the_trainer_trains_as_two_tp1_engines(tmp_path):
-    """Two trainer ranks as one TP-2 engine (in their processes, or in an engine process of its own on their
-    devices, refitted by lent buffers), against each rank its own TP-1 engine: the same samples (prompt i is
-    seeded as prompt i wherever it lands), so the same rewards and the same update up to rounding."""
-    from megatron_grpo.trainer.logger import read_metrics
-    from tests.trainer.harness import train
-
-    overrides = ["trainer.max_steps=3", "checkpoint.save_freq=0", "trainer.test_freq=0"]
-    layouts = {"tp1": ["rollout.tensor_parallel=1"], "tp2": ["rollout.tensor_parallel=2"],
-               "tp2_process": ["rollout.tensor_parallel=2", "rollout.placement=colocated_process"]}
-    runs = {name: train(tmp_path / name, *overrides, *extra, nproc=2) for name, extra in layouts.items()}
-    assert all(p.returncode == 0 for p in runs.values()), "".join(p.stderr[-3000:] for p in runs.values())
-    one, two, beside = (read_metrics(tmp_path / name) for name in layouts)
-    assert len(one) == len(two) == len(beside) == 3
-    for a, b, c in zip(one, two, beside, strict=True):
-        for key in ("reward/mean", "response_length/mean"):
-            assert a[key] == b[key] == c[key], key
-        assert b["actor/grad_norm"] == pytest.approx(a["actor/grad_norm"], rel=1e-5)
-        assert c["actor/grad_norm"] == b["actor/grad_norm"]  # the same engine, wherever it runs
-        assert b["rollout/logprob_abs_diff"] < 1e-4 and c["rollout/logprob_abs_diff"] < 1e-4  # the probe
-        assert a["refit/checksum_ok"] == 1.0 and "refit/checksum_ok" not in b  # a TP worker holds shards
