@@ -13,6 +13,8 @@ Parts whose library is missing (Transformer Engine, transformers, vLLM) print ``
 3. ``throughput``: train-step tokens/s, MFU and peak memory for 0.6B- and 4B-shaped random models at 8k-
    and 32k-token micro-batches (bf16; 4B at 32k with full recompute), beside ``plan``'s formula peak.
 4. ``refit`` (vLLM importable): policy -> colocated engine, checksums and ``rollout/logprob_abs_diff``.
+5. ``ipc``: a refit bucket lent by CUDA-IPC handle (``refit.ipc``) to a fresh process on the same GPU, which
+   checks every tensor's bytes and copies them out: its time against a plain device copy of the bucket.
 """
 
 from __future__ import annotations
@@ -206,6 +208,69 @@ def refit_check(dry: bool) -> dict:
     return metrics
 
 
+def ipc_check(dry: bool) -> dict:
+    """Lend a bucket of bf16 tensors (512 MiB; 2 MiB in the dry run) to ``--borrow`` in a fresh process."""
+    import pickle
+    import subprocess
+
+    import torch
+
+    from megatron_grpo import platform
+    from megatron_grpo.refit import ipc, transfer
+
+    rows = 16 if dry else 4096
+    gen = torch.Generator(device=platform.device()).manual_seed(3)
+    bucket = [(f"t{i}", torch.randn(rows, 8192, device=platform.device(), dtype=torch.bfloat16, generator=gen))
+              for i in range(8)]
+    metas, flat = transfer.pack(bucket)
+    copy = torch.empty_like(flat)
+    platform.synchronize()
+    start = time.perf_counter()
+    copy.copy_(flat)
+    platform.synchronize()
+    memcpy_s = time.perf_counter() - start
+    lent = ipc.lend(flat)
+    try:
+        proc = subprocess.run([sys.executable, __file__, "--borrow"], input=pickle.dumps((metas, lent.handle)),
+                              capture_output=True, timeout=300)
+    finally:
+        lent.release()
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr.decode()[-1500:])
+    got = json.loads(proc.stdout.decode().strip().splitlines()[-1])
+    return {"bucket_mb": flat.numel() >> 20, "bytes_ok": got["bytes_ok"], "borrow_s": got["seconds"],
+            "memcpy_s": round(memcpy_s, 6), "borrow_vs_memcpy": round(got["seconds"] / memcpy_s, 2)}
+
+
+def borrow() -> int:
+    """``--borrow``: open the handle on stdin, check the bytes, copy every tensor out (as a weight loader
+    would), report on stdout."""
+    import pickle
+
+    import torch
+
+    from megatron_grpo.refit import ipc, transfer
+
+    metas, handle = pickle.load(sys.stdin.buffer)
+    device = torch.device("cuda", 0) if handle.kind == "cuda" else torch.device("cpu")
+    start = time.perf_counter()
+    borrowed = ipc.Borrowed(handle, device)
+    try:
+        tensors = transfer.unpack(metas, borrowed.tensor)
+        copies = [t.clone() for _, t in tensors]
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        ok = len(copies) == len(metas)
+        del tensors, copies
+    except transfer.TransferError as exc:
+        seconds, ok = time.perf_counter() - start, str(exc)
+    finally:
+        borrowed.close()
+    print(json.dumps({"bytes_ok": ok, "seconds": round(seconds, 6)}))
+    return 0
+
+
 # ---- main ---------------------------------------------------------------------------------------------
 
 
@@ -221,7 +286,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes: the same code paths")
     parser.add_argument("--steps", type=int, default=3, help="timed train steps per throughput case")
+    parser.add_argument("--borrow", action="store_true", help=argparse.SUPPRESS)  # the ipc part's other process
     args = parser.parse_args(argv)
+    if args.borrow:
+        return borrow()
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     import torch
 
@@ -255,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         emit("refit", skipped=missing["vllm"])
     else:
         run("refit", refit_check, args.dry_run)
+    run("ipc", ipc_check, args.dry_run)
     from megatron_grpo.launch import shutdown
 
     shutdown()
