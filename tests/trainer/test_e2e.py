@@ -40,10 +40,11 @@ def test_tiny_default_learns(tmp_path):
 
 
 def test_kill9_at_random_points_then_resume_is_exact(tmp_path):
-    overrides = ["trainer.max_steps=16", "checkpoint.save_freq=2", "checkpoint.keep_last=2"]
+    """Three random kill points per run (bench/resume.py sweeps many more, outside the suite's budget)."""
+    overrides = ["trainer.max_steps=10", "checkpoint.save_freq=2", "checkpoint.keep_last=2"]
     proc = train(tmp_path / "reference", *overrides)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert kill_and_resume(tmp_path / "killed", overrides, kills=5, last_step=16) == 5
+    assert kill_and_resume(tmp_path / "killed", overrides, kills=3, last_step=10) == 3
     assert mismatches(tmp_path / "killed", read_metrics(tmp_path / "reference")) == []
 
 
@@ -68,9 +69,8 @@ def test_sigterm_saves_checkpoint_and_exits_for_requeue(tmp_path):
 
 TWO_VS_ONE = ["trainer.max_steps=3", "checkpoint.save_freq=0", "trainer.test_freq=3"]
 LAYOUTS = {  # two ranks: the policy's layout, and where their engines run
-    "dp2": ["parallel.tensor=1"],
-    "tp2": ["parallel.tensor=2"],
-    "engine_tp2": ["rollout.tensor_parallel=2"],  # the two ranks are one TP-2 engine's workers
+    "tp2": ["parallel.tensor=2"],  # two TP-1 engines
+    "engine_tp2": ["rollout.tensor_parallel=2"],  # a DP-2 policy; the two ranks are one TP-2 engine's workers
     "engine_tp2_process": ["rollout.tensor_parallel=2", "rollout.placement=colocated_process"],  # lent buckets
 }
 
@@ -96,7 +96,7 @@ def test_two_processes_match_one(tmp_path, one_process, layout):
             assert b[key] == pytest.approx(a[key], rel=1e-5), key
         assert b["rollout/logprob_abs_diff"] < 1e-4  # the refit probe, on every engine
         # a TP worker holds shards: no read-back, the probe checks it
-        assert ("refit/checksum_ok" in b) == (layout in ("dp2", "tp2"))
+        assert ("refit/checksum_ok" in b) == (layout == "tp2")
     # validation split over the engines draws the samples one engine draws
     evals = [{k: v for k, v in rows[-1].items() if k.startswith("eval/")} for rows in (one_process, two)]
     assert evals[0] and evals[1] == evals[0]
