@@ -138,18 +138,19 @@ def _ranks_per_node() -> int:
 def _colocated(cfg: RolloutConfig, model_dir: Path, tokenizer_dir: str, dtype: str, load_weights: bool) -> EngineGroup:
     from megatron_grpo.rollout.vllm_engine import build_engine
 
-    check_colocated_world(cfg.tensor_parallel, dist.get_world_size(), _ranks_per_node())
+    check_engine_fits_node(cfg.tensor_parallel, _ranks_per_node())
     # All ranks build together: vLLM's own groups are made collectively over the trainer's world, its TP
     # groups from consecutive ranks.
     engine = build_engine(model_dir, tokenizer_dir, cfg, dtype, load_weights=load_weights)
     return ColocatedEngines(engine, cfg.tensor_parallel)
 
 
-def check_colocated_world(tensor_parallel: int, world_size: int, local_world_size: int) -> None:
-    """A colocated engine's TP group is consecutive ranks of one node: its all-reduces stay off the network."""
-    if world_size % tensor_parallel or local_world_size % tensor_parallel:
-        raise ConfigError(f"rollout.tensor_parallel: {tensor_parallel} colocated engines need it to divide the world "
-                          f"size ({world_size}) and the ranks per node ({local_world_size})")
+def check_engine_fits_node(tensor_parallel: int, ranks_per_node: int) -> None:
+    """A colocated engine's TP group is consecutive ranks of one node: its all-reduces stay off the network.
+    (That it divides the world is ``config.check_world``'s, at load time.)"""
+    if ranks_per_node % tensor_parallel:
+        raise ConfigError(f"rollout.tensor_parallel: {tensor_parallel} colocated engines need it to divide the ranks "
+                          f"per node ({ranks_per_node}): an engine's workers are consecutive ranks of one node")
 
 
 def _disaggregated(cfg: RolloutConfig, model_dir: Path, tokenizer_dir: str, dtype: str,
@@ -177,7 +178,7 @@ def _colocated_process(cfg: RolloutConfig, model_dir: Path, tokenizer_dir: str, 
     from megatron_grpo.rollout.remote import LendingEngines, accept_engines, listen, spawn_engines
 
     tp, world, per_node, rank = cfg.tensor_parallel, dist.get_world_size(), _ranks_per_node(), dist.get_rank()
-    check_colocated_world(tp, world, per_node)
+    check_engine_fits_node(tp, per_node)
     box, listener = [None], None
     if rank == 0:
         host = "127.0.0.1" if per_node == world else os.environ.get(HOST_ENV, socket.gethostname())

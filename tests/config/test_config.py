@@ -85,13 +85,13 @@ def test_world_checks(world, layout, message):
 
 
 def test_colocated_engines_span_consecutive_ranks_of_a_node():
-    from megatron_grpo.rollout.groups import check_colocated_world
+    from megatron_grpo.rollout.groups import check_engine_fits_node
 
     check_world(load_config(None, ["rollout.tensor_parallel=2"]), 4, 4, 2, 2)  # two TP-2 engines in 4 ranks
     check_world(load_config(None, ["rollout.placement=disaggregated", "rollout.tensor_parallel=4"]), 2, 4, 2, 2)
-    check_colocated_world(4, world_size=8, local_world_size=4)
+    check_engine_fits_node(4, ranks_per_node=4)
     with pytest.raises(ConfigError, match="the ranks per node \\(2\\)"):
-        check_colocated_world(4, world_size=8, local_world_size=2)  # an engine would straddle two nodes
+        check_engine_fits_node(4, ranks_per_node=2)  # an engine would straddle two nodes
 
 
 @pytest.mark.parametrize(("world", "layout", "message"), [
