@@ -4,9 +4,9 @@ The process connects to trainer rank 0 (``rollout.remote``), learns from it what
 ``EngineSpec``: no config file of its own), builds a ``VllmEngine`` spanning ``rollout.tensor_parallel``
 worker processes, joins the weight-transfer group with its workers (on GPUs of its own; on the trainer's
 it borrows the trainer ranks' buckets instead, ``refit.ipc``), then serves requests one at a time, in
-order: generate, score, the refit's manifest and buckets, checksums, sleep and wake-up. Requests queue in the socket, so
-an async trainer can ask for the next batch and send the next refit before the engine is free: the
-refit is taken after the generation in flight. An error is sent back as a reply and the engine keeps
+order: generate, score, the refit's manifest and buckets, checksums, sleep and wake-up. Requests queue in
+the socket, so an async trainer can ask for the next batch and send the next refit before the engine is
+free: the refit is taken after the generation in flight. An error is sent back as a reply and the engine keeps
 serving (its weights are in the state ``VllmEngine`` says). The process exits when the trainer closes
 the connection or disappears.
 """

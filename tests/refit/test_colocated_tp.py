@@ -74,10 +74,9 @@ def ranks(tmp_path_factory) -> list[dict]:
 
 
 def test_each_rank_holds_half_of_the_engine(ranks):
-    hidden = model_config(True)["hidden_size"]
     config = model_config(True)
     q_kv = (config["num_attention_heads"] + 2 * config["num_key_value_heads"]) * config["head_dim"]
-    assert [r["qkv_shape"] for r in ranks] == [[q_kv // 2, hidden]] * 2
+    assert [r["qkv_shape"] for r in ranks] == [[q_kv // 2, config["hidden_size"]]] * 2
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
