@@ -37,12 +37,10 @@ export CUDA_DEVICE_MAX_CONNECTIONS=${CUDA_DEVICE_MAX_CONNECTIONS:-1}
 # Logs appear as they are written, not when a buffer fills.
 export PYTHONUNBUFFERED=1
 
-# Seconds torchrun lets workers finish the step, save and exit after SIGTERM before it kills them
-# (torchrun versions with --shutdown-timeout; older ones wait 30 s). Keep it below the lead time of
-# `#SBATCH --signal=B:USR1@600` in train.sbatch, which must cover one step plus a save (see `plan`).
-export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-570}
+# The pre-emption warning's lead, `#SBATCH --signal=B:USR1@600` in train.sbatch, must cover one step plus
+# a save (see `plan`): the trainers finish the step they are in before they save.
 
-# ---- commands (tests replace these with stubs) ---------------------------------------------------
+# ---- commands (a container or a site install may name others) ----------------------------------
 SRUN=${SRUN:-srun}
 SCONTROL=${SCONTROL:-scontrol}
 TORCHRUN=${TORCHRUN:-torchrun}

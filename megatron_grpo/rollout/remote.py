@@ -203,11 +203,15 @@ class RemoteEngines:
                 proc.kill()
 
 
-def _die_with_parent() -> None:
-    """An engine the trainer spawned dies with it (kill -9 included): nothing is left holding GPUs."""
+def _engine_preexec() -> None:
+    """An engine the trainer spawned dies with it (kill -9 included), so nothing is left holding GPUs, and
+    ignores the stop signals, which Slurm delivers to every process of the step: the trainer finishes its
+    step, with its engines, before it saves. The ignore outlives exec and reaches vLLM's own processes."""
     import ctypes
 
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def spawn_engines(count: int, tensor_parallel: int, connect: str, key: str, first_gpu: int,
@@ -223,7 +227,7 @@ def spawn_engines(count: int, tensor_parallel: int, connect: str, key: str, firs
             gpus = range(first_gpu + i * tensor_parallel, first_gpu + (i + 1) * tensor_parallel)
             env["CUDA_VISIBLE_DEVICES"] = engine_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"), gpus)
         procs.append(subprocess.Popen([sys.executable, "-m", "megatron_grpo.rollout.server", "--connect", connect,
-                                       "--index", str(first_index + i)], env=env, preexec_fn=_die_with_parent))
+                                       "--index", str(first_index + i)], env=env, preexec_fn=_engine_preexec))
     return procs
 
 

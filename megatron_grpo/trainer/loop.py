@@ -75,8 +75,8 @@ def train(cfg: Config, run_dir: str | Path) -> int:
                 with run.colocation.trainer_on_device():
                     save_checkpoint(_ckpt_root(run), run.step, run.policy, trainer_state(run), cfg.checkpoint.keep_last)
             if stopping:
-                log.warning("stop signal %s: checkpoint at step %d saved, exiting %d", stop.signal, run.step,
-                            EXIT_REQUEUE)
+                log.warning("stop requested (%s): checkpoint at step %d saved, exiting %d",
+                            stop.reason or "by another rank", run.step, EXIT_REQUEUE)
                 return EXIT_REQUEUE
         return 0
     finally:
