@@ -42,18 +42,21 @@ class Config:
 
     def validate(self) -> None:
         """Cross-section checks; each names the keys involved."""
-        _check_group_size(self)
+        _check_training_rollouts(self)
         _check_mini_batch(self)
         _check_overlong(self)
         _check_staleness(self)
         _check_routing_replay(self)
 
 
-def _check_group_size(cfg: Config) -> None:
+def _check_training_rollouts(cfg: Config) -> None:
     if cfg.rollout.train.n < 2:
         raise ConfigError(
             f"rollout.train.n: GRPO needs >= 2 responses per prompt to form a group baseline, got {cfg.rollout.train.n}"
         )
+    if cfg.rollout.train.temperature == 0:
+        raise ConfigError("rollout.train.temperature: must be > 0 for training rollouts: the policy's log-probs "
+                          "are taken at the sampling temperature (logits / T); greedy (0) is for rollout.val")
 
 
 def _check_mini_batch(cfg: Config) -> None:

@@ -39,6 +39,7 @@ def test_overrides_parse_types_and_paths_relative_to_cwd(tmp_path, monkeypatch):
     (["trainer.seed=abc"], "trainer.seed: expected an integer, got str 'abc'"),
     (["optim.lr=-1"], "optim.lr: must be > 0, got -1.0"),
     (["rollout.train.n=1"], "rollout.train.n: GRPO needs >= 2 responses per prompt"),
+    (["rollout.train.temperature=0"], "rollout.train.temperature: must be > 0 for training rollouts"),
     (["algo.mini_batch_prompts=48"], "algo.mini_batch_prompts: 48 must divide data.batch_prompts 64"),
     (["algo.loss_agg_mode=mean"], "loss_agg_mode: 'mean' is not one of"),
     (["parallel.sequence_parallel=true"], "sequence_parallel: needs tensor > 1"),
