@@ -15,6 +15,13 @@ class RewardConfig:
     incorrect_score: float = 0.0
     """Score of a wrong or missing answer, and of a response whose grading timed out (DAPO uses -1.0;
     reference 0.0)."""
+    mode: Literal["strict", "lenient"] = "strict"
+    """Where the training reward looks for the final answer: ``strict``, only in ``\\boxed{}`` or on an
+    ``Answer:`` line (the reference run); ``lenient`` also takes Minerva's format, "the final answer is X",
+    a closing display-math block, and several closing boxes as one answer (docs/reward.md)."""
+    eval_mode: Literal["strict", "lenient"] = "lenient"
+    """The same for validation and ``megatron-grpo eval``: lenient by default, as published mean@k figures
+    are graded."""
     fallback: Literal["none", "last_number"] = "none"
     """Without an ``Answer:`` line or ``\\boxed{}``: no answer (reference), or the last number in the
     response (for tasks whose model answers with a bare number, like the tiny CPU demo)."""

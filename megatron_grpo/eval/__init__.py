@@ -3,7 +3,7 @@
 Trainer use::
 
     eval_sets = load_eval_sets(cfg.eval, cfg.data, tokenizer)                 # once, at startup
-    grade = grade_with(reward_scorer, cfg.reward.correct_score)                   # the run's RewardScorer
+    grade = grade_with(reward_scorer, cfg.reward.correct_score, mode=cfg.reward.eval_mode)  # the run's RewardScorer
     result = evaluate(engine, eval_sets, cfg.rollout.val, k=cfg.eval.k, grade=grade, seed=cfg.eval.seed)
     logger.log(result.metrics.flat("eval"), step)
     write_report(result.metrics, result.outcomes, run_dir / "eval", f"step_{step:06d}")

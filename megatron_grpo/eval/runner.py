@@ -31,14 +31,16 @@ class Scorer(Protocol):
     """What ``grade_with`` needs of the reward's batch scorer (``megatron_grpo.reward``'s RewardScorer)."""
 
     def score(self, responses: Sequence[str], ground_truths: Sequence[str],
-              data_sources: str | Sequence[str]) -> list[float]: ...
+              data_sources: str | Sequence[str], **overrides: object) -> list[float]: ...
 
 
-def grade_with(scorer: Scorer, correct_score: float = 1.0, data_source: str = "math") -> Grade:
+def grade_with(scorer: Scorer, correct_score: float = 1.0, data_source: str = "math",
+               mode: str = "lenient") -> Grade:
     """A ``Grade`` from the run's reward scorer: a sample is correct when it earns ``correct_score``
-    (reward.correct_score). Every eval set is graded as ``data_source`` so set names need no registration."""
+    (reward.correct_score), graded in ``mode`` (reward.eval_mode). Every eval set is graded as
+    ``data_source`` so set names need no registration."""
     def grade(responses: list[str], ground_truths: list[str]) -> list[bool]:
-        return [s >= correct_score for s in scorer.score(responses, ground_truths, data_source)]
+        return [s >= correct_score for s in scorer.score(responses, ground_truths, data_source, mode=mode)]
     return grade
 
 
@@ -54,15 +56,16 @@ class EvalResult:
     outcomes: list[ProblemOutcome]   # one per problem, sets in order
 
 
-def default_answer_key(response: str, fallback: str = "none", tail_chars: int = DEFAULT_TAIL_CHARS) -> str | None:
+def default_answer_key(response: str, fallback: str = "none", tail_chars: int = DEFAULT_TAIL_CHARS,
+                       mode: str = "lenient") -> str | None:
     """maj@k voting key: the reward's extracted final answer, normalized."""
-    answer = extract_answer(response, fallback=fallback, tail_chars=tail_chars)
+    answer = extract_answer(response, mode=mode, fallback=fallback, tail_chars=tail_chars)
     return None if answer is None else normalize_answer(answer)
 
 
 def answer_key_for(cfg: RewardConfig) -> AnswerKey:
-    """The voting key that extracts answers exactly as the reward does (same fallback and tail)."""
-    return partial(default_answer_key, fallback=cfg.fallback, tail_chars=cfg.tail_chars)
+    """The voting key that extracts answers exactly as evaluation grades them (same mode, fallback, tail)."""
+    return partial(default_answer_key, fallback=cfg.fallback, tail_chars=cfg.tail_chars, mode=cfg.eval_mode)
 
 
 def load_eval_sets(cfg: EvalConfig, data_cfg: DataConfig, tokenizer: ChatTokenizer) -> list[EvalSet]:

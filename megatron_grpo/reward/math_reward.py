@@ -9,7 +9,7 @@ instead of three graders OR-ed together (see docs/reward.md for the measured agr
 from __future__ import annotations
 
 from megatron_grpo.reward.equivalence import answers_match
-from megatron_grpo.reward.extract import DEFAULT_TAIL_CHARS, Fallback, extract_answer
+from megatron_grpo.reward.extract import DEFAULT_TAIL_CHARS, Fallback, Mode, extract_answer
 from megatron_grpo.reward.registry import register_reward
 
 MATH_SOURCES = (
@@ -25,12 +25,15 @@ def math_reward(
     *,
     correct_score: float = 1.0,
     incorrect_score: float = 0.0,
+    mode: Mode = "strict",
     fallback: Fallback = "none",
     tail_chars: int = DEFAULT_TAIL_CHARS,
 ) -> float:
     """``correct_score`` if the answer in ``response`` equals ``ground_truth``, else ``incorrect_score``.
 
-    Runs in-process without a time limit; use ``RewardScorer`` (or ``score_batch``) for untrusted batches.
+    ``mode`` says where the answer may be (``extract.extract_answer``): ``strict`` for training, ``lenient``
+    for evaluation. Runs in-process without a time limit; use ``RewardScorer`` (or ``score_batch``) for
+    untrusted batches.
 
     >>> math_reward("... so the answer is \\\\boxed{\\\\frac{1}{2}}.", "0.5")
     1.0
@@ -38,8 +41,10 @@ def math_reward(
     1.0
     >>> math_reward("7", "7"), math_reward("7", "7", fallback="last_number")
     (0.0, 1.0)
+    >>> math_reward("The answer is $7$.", "7"), math_reward("The answer is $7$.", "7", mode="lenient")
+    (0.0, 1.0)
     """
-    answer = extract_answer(response, fallback=fallback, tail_chars=tail_chars)
+    answer = extract_answer(response, mode=mode, fallback=fallback, tail_chars=tail_chars)
     if answer is None:
         return incorrect_score
     truth = extract_answer(ground_truth) if "\\boxed" in ground_truth else ground_truth

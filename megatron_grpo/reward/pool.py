@@ -22,6 +22,7 @@ import math
 import multiprocessing as mp
 import os
 import signal
+import sys
 import time
 import weakref
 from collections import deque
@@ -130,7 +131,7 @@ class WorkerPool:
             results[worker.pending.popleft().key] = outcome
             queue.extendleft(reversed(worker.pending))
         elif not worker.ready:
-            raise RuntimeError(f"a reward worker died during start-up ({outcome}); see its stderr")
+            raise RuntimeError(f"a reward worker died during start-up ({outcome}); see its stderr" + _script_hint())
         worker.kill()
         self._workers[self._workers.index(worker)] = _Worker(self._ctx)
 
@@ -141,7 +142,10 @@ class _Worker:
     def __init__(self, ctx: Any) -> None:
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(target=_serve, args=(child,), daemon=True, name="reward-worker")
-        self.process.start()
+        try:
+            self.process.start()
+        except (EOFError, ConnectionError) as exc:  # the fork server died while it started the worker
+            raise RuntimeError("a reward worker could not be started; see the error above" + _script_hint()) from exc
         child.close()
         self.ready = False
         self.pending: deque[Call] = deque()
@@ -176,6 +180,17 @@ class _Worker:
 
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+
+def _script_hint() -> str:
+    """The likeliest cause when the main program is a script: workers import it as they start ('spawn',
+    'forkserver'), and an unguarded grading call at its top level then runs again inside them."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path is None or getattr(main, "__spec__", None) is not None:
+        return ""
+    return (f". Reward workers import {path} as they start: if it grades (score_batch, RewardScorer) at its top "
+            "level, put that under `if __name__ == \"__main__\":`")
 
 
 def _shutdown(workers: list[_Worker]) -> None:

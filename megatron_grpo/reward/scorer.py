@@ -58,8 +58,10 @@ class RewardScorer:
         responses: Sequence[str],
         ground_truths: Sequence[str],
         data_sources: str | Sequence[str] = "math",
+        **overrides: object,
     ) -> list[float]:
-        """One score per response; ``data_sources`` is one name for the batch or one per response."""
+        """One score per response; ``data_sources`` is one name for the batch or one per response.
+        ``overrides`` replace options for this call only (validation grades in ``mode="lenient"``)."""
         sources = [data_sources] * len(responses) if isinstance(data_sources, str) else list(data_sources)
         if not len(responses) == len(ground_truths) == len(sources):
             raise ValueError(
@@ -67,8 +69,9 @@ class RewardScorer:
                 f"{len(sources)} data sources"
             )
         fns = {name: get_reward(name) for name in set(sources)}  # unknown names fail before any work
+        options = {**self.options, **overrides}
         calls = [
-            Call(i, fns[source], (response, str(truth)), self.options)
+            Call(i, fns[source], (response, str(truth)), options)
             for i, (response, truth, source) in enumerate(zip(responses, ground_truths, sources, strict=True))
         ]
         start = time.perf_counter()
@@ -99,7 +102,7 @@ def from_config(cfg: RewardConfig) -> RewardScorer:
     """The run's persistent scorer, built from the ``reward`` config section."""
     return RewardScorer(
         workers=cfg.workers, timeout_s=cfg.timeout_s, start_method=cfg.start_method,
-        correct_score=cfg.correct_score, incorrect_score=cfg.incorrect_score, fallback=cfg.fallback,
+        correct_score=cfg.correct_score, incorrect_score=cfg.incorrect_score, mode=cfg.mode, fallback=cfg.fallback,
         tail_chars=cfg.tail_chars,
     )
 

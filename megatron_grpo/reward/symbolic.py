@@ -45,8 +45,8 @@ def to_sympy(text: str) -> sympy.Basic | None:
         expr = latex2sympy(text, normalization_config=None)
     except Exception:  # the parser raises many unrelated types on malformed LaTeX
         return None
-    if not isinstance(expr, sympy.Basic) or _too_big(expr):
-        return None
+    if not isinstance(expr, sympy.Basic) or _too_big(expr) or expr.has(sympy.zoo, sympy.nan):
+        return None  # an undefined value ("3:00" parses as 3/0) equals nothing, not every other one
     return expr
 
 
@@ -117,7 +117,9 @@ def _numbers_close(pred: sympy.Expr, gt: sympy.Expr) -> bool:
         return False  # oo - (-oo) is oo, which no tolerance should accept
     has_decimal = pred.has(sympy.Float) or gt.has(sympy.Float)
     tol = DECIMAL_REL_TOL if has_decimal and not gt.is_Integer else EXACT_REL_TOL
-    return bool(abs(diff) <= tol * abs(scale) or abs(diff) < _ZERO)
+    if scale == 0:  # only an absolute tolerance works around 0; elsewhere it accepted 1/2^98 for 1/2^99
+        return bool(abs(diff) < _ZERO)
+    return bool(abs(diff) <= tol * abs(scale))
 
 
 def _is_zero(expr: sympy.Expr) -> bool:

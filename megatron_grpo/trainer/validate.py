@@ -15,9 +15,9 @@ def evaluate_run(run: Run, sets: list[EvalSet], out_dir: Path, name: str) -> Eva
     """Collective: the prompts are split over all engines (the samples are those one engine would draw),
     every rank grades them all, rank 0 writes the report ``out_dir/name.{json,md}``."""
     cfg = run.cfg
-    result = evaluate(run.engines, sets, cfg.rollout.val, k=cfg.eval.k,
-                      grade=grade_with(run.scorer, cfg.reward.correct_score), answer_key=answer_key_for(cfg.reward),
-                      seed=cfg.eval.seed)
+    grade = grade_with(run.scorer, cfg.reward.correct_score, mode=cfg.reward.eval_mode)
+    result = evaluate(run.engines, sets, cfg.rollout.val, k=cfg.eval.k, grade=grade,
+                      answer_key=answer_key_for(cfg.reward), seed=cfg.eval.seed)
     if run.is_rank0:
         write_report(result.metrics, result.outcomes, out_dir, name)
     return result.metrics

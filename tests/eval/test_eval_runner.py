@@ -79,10 +79,11 @@ def test_k_above_samples_is_refused(eval_sets):
 
 class FakeScorer:
     def __init__(self):
-        self.sources = []
+        self.sources, self.modes = [], []
 
-    def score(self, responses, ground_truths, data_sources):
+    def score(self, responses, ground_truths, data_sources, mode):
         self.sources.append(data_sources)
+        self.modes.append(mode)
         return [1.0 if r.endswith(f"{{{t}}}") else -1.0 for r, t in zip(responses, ground_truths, strict=True)]
 
 
@@ -90,7 +91,7 @@ def test_grade_with_a_reward_scorer():
     scorer = FakeScorer()
     grade = grade_with(scorer, correct_score=1.0)
     assert grade(["\\boxed{3}", "\\boxed{4}", "none"], ["3", "3", "3"]) == [True, False, False]
-    assert scorer.sources == ["math"]
+    assert scorer.sources == ["math"] and scorer.modes == ["lenient"]  # evaluation grades leniently by default
 
 
 class OracleEngine:

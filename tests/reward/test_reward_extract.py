@@ -56,3 +56,64 @@ def test_tail_cut_hides_an_early_answer():
 def test_unknown_fallback_is_rejected():
     with pytest.raises(ValueError, match="last_number"):
         extract_answer("7", fallback="first_number")
+
+
+MINERVA = "Final Answer: The final answer is $24$. I hope it is correct."
+
+
+@pytest.mark.parametrize("mode", ["strict", "lenient"])
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [
+        (MINERVA, "$24$"),
+        ("Final Answer: The final answer is $\\frac{3}{4}$. I hope it is correct.", "$\\frac{3}{4}$"),
+        ("so \\boxed{24}.\n\n" + MINERVA, "$24$"),  # the sentence no longer overrides the box with itself
+        ("Final Answer: the final answer is 7", "7"),
+        ("Answer: 12", "12"),
+    ],
+)
+def test_minervas_answer_line_gives_its_answer(response, expected, mode):
+    assert extract_answer(response, mode=mode) == expected
+
+
+@pytest.mark.parametrize(
+    ("response", "lenient"),
+    [
+        ("Therefore, the final answer is $ 42 $.", "$ 42 $"),
+        ("The answer is 17.", "17"),
+        ("So the answer is $\\frac{1}{2}$. Done.", "$\\frac{1}{2}$"),
+        ("Solving, we get\n\\[ x = 5 \\]", "x = 5"),
+        ("Solving, we get\n$$\\frac{7}{2}$$.", "\\frac{7}{2}"),
+        ("thus $\\boxed{3}$, $\\boxed{7}$", "3, 7"),
+        ("\\boxed{a = 4} \\text{ and } \\boxed{b = 9}", "a = 4, b = 9"),
+        ("\\boxed{2} or \\boxed{-2}", "2, -2"),
+    ],
+)
+def test_lenient_mode_finds_answers_a_human_grader_would(response, lenient):
+    assert extract_answer(response, mode="lenient") == lenient
+    strict = extract_answer(response)
+    assert strict != lenient  # strict: boxes and Answer: lines only, the last box alone
+    if "\\boxed" in response:
+        assert strict == lenient.split(", ")[-1]
+    else:
+        assert strict is None
+
+
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [
+        ("\\boxed{1} then \\boxed{2}", "2"),  # text between: the last box only
+        ("\\boxed{2}\n\\boxed{3}", "3"),  # another line
+        ("\\boxed{4} \\boxed{4}", "4"),  # one answer boxed twice
+        ("\\boxed 5, \\boxed{6}", "6"),
+        ("x\n\\boxed{2}, \\boxed{3", None),  # the last box never closes: truncated
+        ("The answer is 3, but checking again \\boxed{4}", "4"),  # a box outranks sentences
+    ],
+)
+def test_lenient_mode_joins_only_boxes_that_answer_together(response, expected):
+    assert extract_answer(response, mode="lenient") == expected
+
+
+def test_unknown_mode_is_rejected():
+    with pytest.raises(ValueError, match="lenient"):
+        extract_answer("7", mode="loose")

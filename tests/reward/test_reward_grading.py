@@ -12,7 +12,7 @@ from grading_cases import (
     UNITS_PERCENT_TEXT,
 )
 
-from megatron_grpo.reward import math_reward
+from megatron_grpo.reward import answers_match, math_reward
 
 TABLES = {
     "integer": INTEGERS, "fraction": FRACTIONS_DECIMALS, "radical": RADICALS_PI, "expression": EXPRESSIONS,
@@ -44,3 +44,23 @@ def test_docstring_examples():
     # the package attribute ``math_reward`` is the function; the module is reached by name
     result = doctest.testmod(importlib.import_module("megatron_grpo.reward.math_reward"))
     assert result.attempted >= 3 and result.failed == 0
+
+
+@pytest.mark.parametrize(("pred", "gt", "expected"), [
+    ("3:00", "12:00", False),  # a time parsed as 3/0 is undefined, and undefined equalled everything
+    ("3:00", "3:00", True),
+    ("\\frac{1}{2^{98}}", "\\frac{1}{2^{99}}", False),  # tiny values are not zero
+    ("2^{-99}", "\\frac{1}{2^{99}}", True),
+    ("\\sin(\\pi)", "0", True),
+    ("10^{-30}", "0", True),  # around 0 only an absolute tolerance works
+    ("\\frac{1}{2}", "0", False),
+])
+def test_undefined_and_tiny_values(pred, gt, expected):
+    assert answers_match(pred, gt) is expected
+
+
+@pytest.mark.parametrize("mode", ["strict", "lenient"])
+def test_minervas_final_answer_line_grades_its_answer(mode):
+    tail = "\n\nFinal Answer: The final answer is $24$. I hope it is correct."
+    assert math_reward("so \\boxed{24}." + tail, "24", mode=mode) == 1.0
+    assert math_reward("so \\boxed{24}." + tail, "25", mode=mode) == 0.0

@@ -28,6 +28,10 @@ ADVERSARIAL = [
     ("\\boxed{" * 100_000, "1"),
     ("Answer: " * 100_000, "1"),
     ("\\boxed{\\tan(\\pi/2)}", "1"),
+    ("\\boxed{1}, " * 10_000, "2"),  # lenient mode joins at most MAX_JOINED_BOXES boxes
+    ("the answer is " * 20_000, "1"),
+    ("\\[" * 50_000 + "1\\]", "2"),
+    ("$$" * 50_000, "1"),
 ]
 
 
@@ -47,10 +51,11 @@ def test_pool_scores_equal_in_process_scores():
         assert scorer.metrics()["reward/timeouts"] == 0.0
 
 
+@pytest.mark.parametrize("mode", ["strict", "lenient"])
 @pytest.mark.parametrize(("response", "ground_truth"), ADVERSARIAL, ids=range(len(ADVERSARIAL)))
-def test_adversarial_input_returns_in_time(scorer, response, ground_truth):
+def test_adversarial_input_returns_in_time(scorer, response, ground_truth, mode):
     start = time.monotonic()
-    scores = scorer.score([response], [ground_truth])
+    scores = scorer.score([response], [ground_truth], mode=mode)
     assert time.monotonic() - start < TIMEOUT_S + 1.0
     assert scores == [0.0]
     assert scorer.last_stats.crashes == 0 and scorer.last_stats.errors == 0
@@ -95,6 +100,16 @@ def test_from_config_passes_grading_options():
         assert scorer.score(["7", "the answer is 8", "none"], ["7", "7", "7"]) == [1.0, -1.0, -1.0]
 
 
+def test_the_mode_comes_from_the_config_and_a_call_may_override_it():
+    responses, truths = ["The answer is 7.", "\\boxed{7}"], ["7", "7"]
+    with from_config(from_dict(RewardConfig, {"workers": 1})) as scorer:  # strict by default
+        assert scorer.score(responses, truths) == [0.0, 1.0]
+        assert scorer.score(responses, truths, mode="lenient") == [1.0, 1.0]  # validation's call
+        assert scorer.score(responses, truths) == [0.0, 1.0]  # for that call only
+    with from_config(from_dict(RewardConfig, {"workers": 1, "mode": "lenient"})) as scorer:
+        assert scorer.score(responses, truths) == [1.0, 1.0]
+
+
 def test_score_batch_with_spawn_workers():
     scores = score_batch(["Answer: 025", "\\boxed{26}"], ["25", "25"], workers=1, start_method="spawn")
     assert scores == [1.0, 0.0]
@@ -122,3 +137,17 @@ def test_workers_survive_the_stop_signals_sent_to_the_process_group():
             os.kill(pid, signal.SIGUSR1)
         assert scorer.score(["Answer: 4"], ["4"]) == [1.0]
         assert scorer.metrics()["reward/worker_crashes"] == 0.0
+
+
+def test_an_unguarded_script_gets_told_to_guard_its_call(tmp_path):
+    """Grading at a script's top level: the workers import the script and would grade again inside."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "grade.py"
+    script.write_text("from megatron_grpo.reward import score_batch\n"
+                      "print(score_batch(['\\\\boxed{2}'], ['2'], workers=1))\n")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert f"Reward workers import {script} as they start" in proc.stderr, proc.stderr[-2000:]
+    assert 'put that under `if __name__ == "__main__":`' in proc.stderr
