@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -95,7 +94,6 @@ def train_step(run: Run) -> dict[str, float]:
         return {**metrics, **timer.metrics(), "actor/updates_applied": 0.0, "actor/updates": 0.0}
     run.colocation.to_update()  # the engine sleeps, the trainer's state is back on the device
     with timer("update"):
-        _inject_fault(run.step + 1, rollout)
         metrics.update(update_policy(run.policy, rollout, cfg.algo, cfg.rollout.train.max_response_length,
                                      cfg.rollout.train.temperature))
     _check_finite(run, metrics)
@@ -155,13 +153,6 @@ def _check_finite(run: Run, metrics: dict[str, float]) -> None:
             f"{run.nonfinite_streak} consecutive steps with NaN/Inf loss or gradients (step {run.step + 1}); "
             "aborting. Lower optim.lr, check the data, or raise trainer.max_consecutive_nonfinite."
         )
-
-
-def _inject_fault(step: int, rollout) -> None:
-    """Fault injection for tests: MEGATRON_GRPO_INJECT_NAN_STEPS="3,4" turns those steps' advantages NaN."""
-    steps = os.environ.get("MEGATRON_GRPO_INJECT_NAN_STEPS", "")
-    if str(step) in steps.split(","):
-        rollout.rewards = torch.full_like(rollout.rewards, float("nan"))
 
 
 def _ckpt_root(run: Run) -> Path:

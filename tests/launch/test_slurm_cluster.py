@@ -24,7 +24,7 @@ from megatron_grpo.trainer.logger import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-STEPS = 6
+STEPS = 12  # longer than the wait for Slurm's first time-limit check (every 30 s)
 RUN = [f"trainer.max_steps={STEPS}", "checkpoint.save_freq=0", "logging.progress_bar=false",
        "logging.tensorboard=false"]
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
@@ -111,11 +111,12 @@ def test_two_node_job_trains_across_both_nodes(reference):
 
 @pytest.mark.parametrize("how", ["time_limit_warning", "scancel_usr1_batch"])
 def test_preemption_saves_requeues_and_resumes_exactly(tmp_path, reference, how):
-    """The warning (Slurm's own, from ``--signal=B:USR1@90`` and a 2-minute limit) or ``scancel --signal=USR1
-    --batch``: the trainers save within the grace period, the job requeues itself, and the restarted job
-    ends with the metrics of the uninterrupted run."""
+    """The warning (Slurm's own, from ``--signal=B:USR1@120`` and a 2-minute limit: sent at Slurm's first
+    time-limit check, within about 30 s) or ``scancel --signal=USR1 --batch``: the trainers save within the
+    grace period, the job requeues itself, and the restarted job ends with the metrics of the
+    uninterrupted run."""
     run = tmp_path / "run"
-    options = ("--nodes=2", "--time=2", "--signal=B:USR1@90") if how == "time_limit_warning" else ("--nodes=2",)
+    options = ("--nodes=2", "--time=2", "--signal=B:USR1@120") if how == "time_limit_warning" else ("--nodes=2",)
     job_id = sbatch(tmp_path, "train.sbatch", "configs/tiny_cpu.yaml", f"trainer.run_dir={run}", *RUN,
                     options=options)
     if how == "scancel_usr1_batch":

@@ -17,23 +17,27 @@ QUIET = ["logging.progress_bar=false", "logging.tensorboard=false"]
 DETERMINISTIC = ("reward/mean", "loss", "actor/grad_norm", "response_length/mean", "actor/entropy")
 
 
-def env(extra: dict | None = None) -> dict:
-    base = {**os.environ, "OMP_NUM_THREADS": "1", "TORCHINDUCTOR_CACHE_DIR": str(REPO / ".cache" / "torchinductor")}
-    return {**base, **(extra or {})}
+def env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TORCHINDUCTOR_CACHE_DIR": str(REPO / ".cache" / "torchinductor")}
 
 
-def cmd(run_dir: Path, *overrides: str, nproc: int = 1, config: Path | None = None) -> list[str]:
+def cmd(run_dir: Path, *overrides: str, nproc: int = 1, config: Path | None = None,
+        nan_steps: str | None = None) -> list[str]:
+    """The CLI command; ``nan_steps`` ("2,3") runs it through tests/trainer/faults.py, one process only."""
     args = ["train", "--run-dir", str(run_dir), *(["--config", str(config)] if config else []), *QUIET, *overrides]
+    if nan_steps is not None:
+        assert nproc == 1, "faults.py runs one process"
+        return [sys.executable, str(Path(__file__).with_name("faults.py")), nan_steps, *args]
     if nproc == 1:
         return [sys.executable, "-m", "megatron_grpo", *args]
     return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
             "--master-port", str(random.randint(20000, 40000)), "-m", "megatron_grpo", *args]
 
 
-def train(run_dir: Path, *overrides: str, nproc: int = 1, extra_env: dict | None = None,
-          timeout: float = 600, config: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd(run_dir, *overrides, nproc=nproc, config=config), env=env(extra_env),
-                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+def train(run_dir: Path, *overrides: str, nproc: int = 1, timeout: float = 600, config: Path | None = None,
+          nan_steps: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd(run_dir, *overrides, nproc=nproc, config=config, nan_steps=nan_steps),
+                          env=env(), capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
 def wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen, timeout: float = 300) -> None:

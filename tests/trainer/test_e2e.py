@@ -103,12 +103,11 @@ def test_two_processes_match_one(tmp_path, one_process, layout):
 
 
 def test_nan_steps_are_skipped_then_abort(tmp_path):
-    proc = train(tmp_path / "skip", "trainer.max_steps=3", "checkpoint.save_freq=0",
-                  extra_env={"MEGATRON_GRPO_INJECT_NAN_STEPS": "2"})
+    proc = train(tmp_path / "skip", "trainer.max_steps=3", "checkpoint.save_freq=0", nan_steps="2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _series(tmp_path / "skip", "actor/nonfinite_skipped") == [0.0, 1.0, 0.0]
     proc = train(tmp_path / "abort", "trainer.max_steps=6", "checkpoint.save_freq=0",
-                  "trainer.max_consecutive_nonfinite=2", extra_env={"MEGATRON_GRPO_INJECT_NAN_STEPS": "2,3"})
+                  "trainer.max_consecutive_nonfinite=2", nan_steps="2,3")
     assert proc.returncode != 0
     assert "2 consecutive steps with NaN/Inf" in proc.stderr
 
