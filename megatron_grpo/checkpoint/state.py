@@ -21,6 +21,7 @@ from megatron.core import dist_checkpointing
 
 from megatron_grpo.checkpoint.files import (
     CheckpointError,
+    choose_checkpoint,
     publish,
     read_trainer_state,
     resolve_checkpoint,
@@ -28,6 +29,7 @@ from megatron_grpo.checkpoint.files import (
     step_dir,
     tmp_dir,
     verify_checkpoint,
+    write_manifest,
     write_trainer_state,
 )
 from megatron_grpo.convert.weights import unwrap
@@ -90,18 +92,26 @@ def _sharded_state(chunks, optimizer, is_loading: bool) -> dict:
     return state
 
 
-def _rank0_then_share(fn) -> None:
-    """Run ``fn`` on rank 0; every rank raises rank 0's error, so no rank goes on alone."""
-    error = None
+def _rank0_then_share(fn):
+    """Run ``fn`` on rank 0 and return its result on every rank; every rank raises rank 0's error, so
+    no rank goes on alone."""
+    error = result = None
     if dist.get_rank() == 0:
         try:
-            fn()
+            result = fn()
         except Exception as exc:  # re-raised on every rank below
             error = f"{type(exc).__name__}: {exc}"
-    box = [error]
+    box = [error, result]
     dist.broadcast_object_list(box, src=0)
     if box[0] is not None:
         raise CheckpointError(box[0])
+    return box[1]
+
+
+def resume_point(root: str | Path, on_corrupt: str = "fallback") -> Path | None:
+    """Collective: the checkpoint to resume from (``files.choose_checkpoint``), chosen and checksummed on
+    rank 0 alone, since the check reads every file."""
+    return _rank0_then_share(lambda: choose_checkpoint(root, on_corrupt))
 
 
 def save_state(root: str | Path, step: int, chunks: list, optimizer=None, scheduler=None,
@@ -125,6 +135,7 @@ def save_state(root: str | Path, step: int, chunks: list, optimizer=None, schedu
 
     def finish():
         write_trainer_state(tmp, trainer_state)
+        write_manifest(tmp)
         publish(tmp, final)
         rotate(root, keep_last)
 

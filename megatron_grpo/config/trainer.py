@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from megatron_grpo.config.loader import ConfigError
 
@@ -38,6 +39,9 @@ class CheckpointConfig:
     """Older checkpoints are deleted once a newer one is complete."""
     resume: bool = True
     """Resume from ``<run_dir>/checkpoints/latest`` when it exists."""
+    on_corrupt: Literal["fallback", "error"] = "fallback"
+    """When the checkpoint to resume is damaged (a file missing, truncated, or not matching its checksum):
+    log what is wrong and resume from the newest whole one, or stop with the error."""
 
     def validate(self) -> None:
         if self.save_freq < 0 or self.keep_last < 1:

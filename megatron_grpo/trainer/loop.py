@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_grpo.algo import dynamic_sampling
-from megatron_grpo.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from megatron_grpo.checkpoint import load_checkpoint, resume_point, save_checkpoint
 from megatron_grpo.config import Config
 from megatron_grpo.launch import shutdown
 from megatron_grpo.model.update import update_policy
@@ -160,11 +160,14 @@ def _ckpt_root(run: Run) -> Path:
 
 
 def _resume(run: Run) -> None:
-    """Continue from ``latest`` when there is one. Either way, metrics lines past the restart point
-    (a run killed before or after its last checkpoint) are dropped: those steps run again."""
-    if run.cfg.checkpoint.resume and latest_checkpoint(_ckpt_root(run)) is not None:
-        restore_trainer_state(run, load_checkpoint(_ckpt_root(run), run.policy))
-        log.info("resumed from step %d", run.step)
+    """Continue from ``latest`` when there is one (or the newest whole checkpoint, when it is damaged).
+    Either way, metrics lines past the restart point (a run killed before or after its last checkpoint)
+    are dropped: those steps run again."""
+    cfg = run.cfg.checkpoint
+    start = resume_point(_ckpt_root(run), cfg.on_corrupt) if cfg.resume else None
+    if start is not None:
+        restore_trainer_state(run, load_checkpoint(start, run.policy))
+        log.info("resumed from step %d (%s)", run.step, start.name)
     if run.is_rank0:
         truncate_metrics(run.run_dir, run.step)
     barrier()

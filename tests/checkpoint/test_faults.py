@@ -8,6 +8,7 @@ the refusal to load happen before any collective.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 
 import pytest
@@ -15,12 +16,18 @@ import torch.multiprocessing as mp
 
 from megatron_grpo.checkpoint.files import (
     CheckpointError,
+    choose_checkpoint,
     latest_checkpoint,
+    publish,
+    read_trainer_state,
     resolve_checkpoint,
     rotate,
+    step_dir,
     steps,
+    tmp_dir,
     verify_checkpoint,
     write_latest,
+    write_manifest,
 )
 from megatron_grpo.checkpoint.state import load_state
 from tests.model.tiny import tiny_hf_config
@@ -110,3 +117,99 @@ def test_rotate_keeps_newest_and_latest(root):
 def test_empty_root_has_no_checkpoint(tmp_path):
     assert latest_checkpoint(tmp_path) is None
     assert load_state(tmp_path, chunks=[]) is None
+
+
+# ---- manifest, fallback and atomic (re-)publication -------------------------------------------------
+
+
+def _flip_a_byte(file):
+    data = bytearray(file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    file.write_bytes(bytes(data))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["flipped", "truncated", "no_trainer_state", "deleted"])
+def test_a_damaged_latest_falls_back_to_the_newest_whole_checkpoint(root, damage, caplog):
+    data = sorted((root / "step_2").glob("*.distcp"))[-1]
+    if damage == "flipped":
+        _flip_a_byte(data)  # same size: only the checksum can tell
+        named = f"'{data.name}' does not match its CRC-32"
+    elif damage == "truncated":
+        os.truncate(data, data.stat().st_size - 1)
+        named = f"'{data.name}'"
+    elif damage == "no_trainer_state":
+        (root / "step_2" / "trainer_state.json").unlink()
+        named = "'trainer_state.json' is missing"
+    else:
+        shutil.rmtree(root / "step_2")
+        named = "points at 'step_2'"
+    with caplog.at_level("WARNING"):
+        assert choose_checkpoint(root) == root / "step_1"
+    assert named in caplog.text and "resuming from" in caplog.text
+    with pytest.raises(CheckpointError, match=re.escape(named)):
+        choose_checkpoint(root, on_corrupt="error")
+
+
+@pytest.mark.slow
+def test_nothing_whole_is_an_error_not_a_fresh_start(root):
+    for step in (1, 2):
+        _flip_a_byte(root / f"step_{step}" / "common.pt")
+    with pytest.raises(CheckpointError, match="no whole checkpoint under"):
+        choose_checkpoint(root)
+
+
+class Killed(BaseException):
+    """The process dies here: no ``except Exception`` cleanup runs."""
+
+
+def _kill_at(monkeypatch, op: int) -> list[str]:
+    """Make the ``op``-th namespace change (rename, tree removal) of the checkpoint files kill the process."""
+    done, real_replace, real_rmtree = [], os.replace, shutil.rmtree
+
+    def step(name, fn, *args, **kwargs):
+        if len(done) == op:
+            raise Killed(name)
+        done.append(name)
+        return fn(*args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", lambda *a, **k: step("replace", real_replace, *a, **k))
+    monkeypatch.setattr(shutil, "rmtree", lambda *a, **k: step("rmtree", real_rmtree, *a, **k))
+    return done
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("step", [3, 2], ids=["save", "re-save"])
+def test_a_kill_at_every_file_operation_of_a_publication_leaves_a_whole_checkpoint(root, monkeypatch, step):
+    """Publishing step 3 (new) or step 2 again (a re-save replaces it): whatever operation the kill hits,
+    the resume finds the old checkpoint or the new one, whole, and never neither."""
+    shutil.rmtree(root / "tmp-step_3")
+    pristine = root.with_name("pristine")
+    shutil.copytree(root, pristine)
+    outcomes, op = set(), 0
+    while True:
+        shutil.rmtree(root)
+        shutil.copytree(pristine, root)
+        new = tmp_dir(root, step)
+        shutil.copytree(root / "step_1", new)  # the new content: step 1's, told apart by its trainer state
+        (new / "manifest.json").unlink()
+        with monkeypatch.context() as patch:
+            done = _kill_at(patch, op)
+            try:
+                write_manifest(new)
+                publish(new, step_dir(root, step))
+                finished = True
+            except Killed:
+                finished = False
+        chosen = choose_checkpoint(root, on_corrupt="error")
+        verify_checkpoint(chosen, checksums=True)
+        saved = read_trainer_state(chosen)["step"]
+        if step == 2:  # the re-saved step is never lost: the old copy or the new one is there
+            assert chosen == root / "step_2" and saved in (1, 2), (op, done)
+        else:
+            assert (chosen, saved) in ((root / "step_2", 2), (root / "step_3", 1)), (op, done)
+        outcomes.add(saved)
+        if finished:
+            break
+        op += 1
+    assert op >= 3 and outcomes == {1, 2}  # kills before and after the switch were both exercised
