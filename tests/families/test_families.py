@@ -13,7 +13,7 @@ from megatron_grpo.config import ConfigError
 from megatron_grpo.families import FAMILIES, arch_from_dict, hf_layout, load_arch, padded_vocab_size, param_counts
 from tests.model.tiny import hf_model, hf_state_dict, tiny_hf_config, tiny_moe_config, tiny_qwen2_config
 
-CONFIGS = Path(__file__).resolve().parents[3] / "shared" / "data" / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "models"
 
 
 @pytest.mark.parametrize("name", ["qwen3-0.6b-base", "qwen3-1.7b-base", "qwen3-4b-base"])
