@@ -17,6 +17,8 @@ class TrainerConfig:
     test_freq: int = 20
     """Validate every N steps (0 = never)."""
     val_before_train: bool = False
+    """Validate the initial weights, logged as step 0, when a run starts (not when it resumes); verl's
+    default is on."""
     run_dir: str = "runs/default"
     """Metrics, resolved config and checkpoints go here."""
     max_consecutive_nonfinite: int = 3

@@ -27,10 +27,11 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 
 
 def truncate_metrics(run_dir: str | Path, last_step: int) -> None:
-    """On resume from ``last_step``, drop lines of steps that ran after that checkpoint (they rerun)."""
+    """On resume from ``last_step``, drop lines of steps that ran after that checkpoint (they rerun). A
+    restart from scratch drops everything, step 0's validation before training included (it reruns)."""
     path = Path(run_dir) / METRICS_FILE
     if path.is_file():
-        kept = [r for r in read_metrics(run_dir) if r["step"] <= last_step]
+        kept = [r for r in read_metrics(run_dir) if r["step"] <= last_step] if last_step > 0 else []
         path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
 
@@ -66,7 +67,7 @@ class MetricsLogger:
             self._tb.flush()
         if self._wandb is not None:
             self._wandb.log(metrics, step=step)
-        if self._bar is not None:
+        if self._bar is not None and step > 0:  # step 0: validation before training, not a step
             self._bar.update(1)
             self._bar.set_postfix(reward=f"{metrics.get('reward/mean', 0):.3f}",
                                   step_s=f"{metrics.get('time/step', 0):.2f}")

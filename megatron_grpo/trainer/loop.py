@@ -61,6 +61,10 @@ def train(cfg: Config, run_dir: str | Path) -> int:
     run.colocation.to_generate()
     logger = MetricsLogger(run_dir, cfg.logging, run.total_steps, run.step, run_dir.name) if run.is_rank0 else None
     try:
+        if cfg.trainer.val_before_train and run.step == 0:
+            baseline = validate(run)
+            if logger:
+                logger.log(0, baseline)
         while run.step < run.total_steps:
             metrics = _oom_hint(train_step, run)
             run.step += 1

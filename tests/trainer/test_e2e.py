@@ -125,9 +125,14 @@ def test_bad_config_fails_before_heavy_work(tmp_path, override, message):
 
 
 def test_validation_during_training_and_eval_command(tmp_path):
-    proc = train(tmp_path, "trainer.max_steps=2", "trainer.test_freq=2", "checkpoint.save_freq=2")
+    proc = train(tmp_path, "trainer.max_steps=2", "trainer.test_freq=2", "checkpoint.save_freq=2",
+                 "trainer.val_before_train=true")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    row = read_metrics(tmp_path)[-1]
+    rows = read_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    assert set(rows[0]) == {"step", *(k for k in rows[-1] if k.startswith("eval/"))}  # the initial weights
+    assert (tmp_path / "eval" / "step_000000.md").is_file()
+    row = rows[-1]
     assert 0.0 <= row["eval/tiny_arith/mean@8"] <= 1.0
     assert row["eval/tiny_arith/maj@8"] > 0.0  # bare-digit answers vote through the reward's fallback
     assert (tmp_path / "eval" / "step_000002.md").is_file()
