@@ -12,12 +12,14 @@ deletes old checkpoints. A crash at any point leaves ``latest`` on the previous 
 
 from __future__ import annotations
 
+import errno
 import shutil
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
+from torch.distributed.checkpoint import CheckpointException
 
 from megatron_grpo.checkpoint.files import (
     CheckpointError,
@@ -35,6 +37,7 @@ from megatron_grpo.checkpoint.files import (
 from megatron_grpo.convert.weights import unwrap
 
 FORMAT_VERSION = 1
+_NEARLY_FULL = 1 << 20  # bytes free below which a failed save is put down to a full disk
 OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
 
 
@@ -125,7 +128,13 @@ def save_state(root: str | Path, step: int, chunks: list, optimizer=None, schedu
         tmp.mkdir()
 
     _rank0_then_share(prepare)
-    dist_checkpointing.save(_sharded_state(chunks, optimizer, is_loading=False), str(tmp))
+    try:
+        dist_checkpointing.save(_sharded_state(chunks, optimizer, is_loading=False), str(tmp))
+    except (Exception, CheckpointException) as exc:  # a BaseException; raised on every rank
+        if not _disk_full(exc, root):
+            raise
+        error = exc
+        _rank0_then_share(lambda: _give_up(root, tmp, final, error))
     dist.barrier()
     trainer_state = {
         "format": FORMAT_VERSION, "step": step, "has_optimizer": optimizer is not None,
@@ -134,13 +143,47 @@ def save_state(root: str | Path, step: int, chunks: list, optimizer=None, schedu
     }
 
     def finish():
-        write_trainer_state(tmp, trainer_state)
-        write_manifest(tmp)
+        try:
+            write_trainer_state(tmp, trainer_state)
+            write_manifest(tmp)
+        except OSError as exc:
+            if not _disk_full(exc, root):
+                raise
+            _give_up(root, tmp, final, exc)
         publish(tmp, final)
         rotate(root, keep_last)
 
     _rank0_then_share(finish)
     return final
+
+
+def _disk_full(exc: BaseException, root: Path) -> bool:
+    """ENOSPC (or EDQUOT, a full quota), also when torch's checkpoint writer wraps it (its
+    ``CheckpointException`` holds each rank's failure in ``failures``), or when torch.save's zip writer
+    reports a short write as "unexpected pos": then the file system is found (nearly) full."""
+    if shutil.disk_usage(root).free < _NEARLY_FULL:
+        return True
+    return _says_disk_full(exc)
+
+
+def _says_disk_full(exc: BaseException | None) -> bool:
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc):
+            return True
+        if any(_says_disk_full(failure) for failure in getattr(exc, "failures", {}).values()):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _give_up(root: Path, tmp: Path, final: Path, exc: BaseException):
+    """A save that ran out of space: its partial files go (they hold the space), nothing else changes."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    previous = (root / "latest").read_text().strip() if (root / "latest").is_file() else "none"
+    raise CheckpointError(f"checkpoint {final}: the disk of {root} is full ({exc}); the save was abandoned "
+                          f"and its partial files removed; 'latest' still names {previous}")
 
 
 def load_state(path: str | Path, chunks: list, optimizer=None, scheduler=None) -> dict | None:

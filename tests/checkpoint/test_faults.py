@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch.multiprocessing as mp
@@ -213,3 +215,43 @@ def test_a_kill_at_every_file_operation_of_a_publication_leaves_a_whole_checkpoi
             break
         op += 1
     assert op >= 3 and outcomes == {1, 2}  # kills before and after the switch were both exercised
+
+
+def _save_twice(root: str, port: int, report: str) -> None:
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    from megatron_grpo.checkpoint import save_checkpoint
+    from tests.checkpoint.test_resharding import _policy
+
+    policy = _policy(tiny_hf_config(layers=2), {})
+    save_checkpoint(root, 1, policy, {"step": 1})
+    try:
+        save_checkpoint(root, 2, policy, {"step": 2})
+    except CheckpointError as exc:
+        Path(report).write_text(str(exc))
+
+
+@pytest.mark.slow
+def test_a_full_disk_fails_the_save_clearly_and_keeps_the_previous_checkpoint(crashed_root, tmp_path):
+    """A tmpfs with room for one checkpoint and a half: the second save hits ENOSPC."""
+    from megatron_grpo.launch import free_port
+
+    size = sum(f.stat().st_size for f in (crashed_root / "step_1").iterdir())
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size * 3 // 2 // 1024 + 1}k", "tmpfs", str(disk)],
+                           capture_output=True, text=True)
+    if mount.returncode != 0:
+        pytest.skip(f"mounting a small tmpfs needs root: {mount.stderr.strip()}")
+    try:
+        root, report = disk / "ckpt", tmp_path / "error.txt"
+        proc = mp.get_context("spawn").Process(target=_save_twice, args=(str(root), free_port(), str(report)))
+        proc.start()
+        proc.join(timeout=300)
+        assert proc.exitcode == 0 and report.is_file()
+        assert "the disk of" in report.read_text() and "is full" in report.read_text()
+        assert "'latest' still names step_1" in report.read_text()
+        assert latest_checkpoint(root) == root / "step_1" and steps(root) == [1]
+        verify_checkpoint(root / "step_1", checksums=True)
+        assert not (root / "tmp-step_2").exists()  # its partial files, which held the space, are gone
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
