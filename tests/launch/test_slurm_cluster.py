@@ -24,7 +24,7 @@ from megatron_grpo.trainer.logger import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-STEPS = 12  # longer than the wait for Slurm's first time-limit check (every 30 s)
+STEPS = 6
 RUN = [f"trainer.max_steps={STEPS}", "checkpoint.save_freq=0", "logging.progress_bar=false",
        "logging.tensorboard=false"]
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
@@ -114,13 +114,15 @@ def test_preemption_saves_requeues_and_resumes_exactly(tmp_path, reference, how)
     """The warning (Slurm's own, from ``--signal=B:USR1@120`` and a 2-minute limit: sent at Slurm's first
     time-limit check, within about 30 s) or ``scancel --signal=USR1 --batch``: the trainers save within the
     grace period, the job requeues itself, and the restarted job ends with the metrics of the
-    uninterrupted run."""
+    uninterrupted run. The first start's trainers wait for the request (after_stop_request.sh): a tiny
+    step takes under a second, and the run would otherwise be over before Slurm's timer fires."""
     run = tmp_path / "run"
     options = ("--nodes=2", "--time=2", "--signal=B:USR1@120") if how == "time_limit_warning" else ("--nodes=2",)
     job_id = sbatch(tmp_path, "train.sbatch", "configs/tiny_cpu.yaml", f"trainer.run_dir={run}", *RUN,
-                    options=options)
+                    options=options,
+                    MEGATRON_GRPO_CMD=f"bash {HERE / 'after_stop_request.sh'} {sys.executable} -m megatron_grpo")
     if how == "scancel_usr1_batch":
-        wait_until(tmp_path, job_id, lambda: len(read_metrics(run)) >= 2)
+        wait_until(tmp_path, job_id, lambda: (run / "slurm").is_dir())  # the batch script's traps are set
         subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True)
     wait_until(tmp_path, job_id, lambda: job(job_id)["Restarts"] != "0")
     # The restarted job gets a time limit it will not meet, or it would be warned again after its first step.
