@@ -22,6 +22,7 @@ from megatron.core import dist_checkpointing
 from torch.distributed.checkpoint import CheckpointException
 
 from megatron_grpo.checkpoint.files import (
+    LATEST,
     CheckpointError,
     choose_checkpoint,
     publish,
@@ -181,7 +182,7 @@ def _says_disk_full(exc: BaseException | None) -> bool:
 def _give_up(root: Path, tmp: Path, final: Path, exc: BaseException):
     """A save that ran out of space: its partial files go (they hold the space), nothing else changes."""
     shutil.rmtree(tmp, ignore_errors=True)
-    previous = (root / "latest").read_text().strip() if (root / "latest").is_file() else "none"
+    previous = (root / LATEST).read_text().strip() if (root / LATEST).is_file() else "none"
     raise CheckpointError(f"checkpoint {final}: the disk of {root} is full ({exc}); the save was abandoned "
                           f"and its partial files removed; 'latest' still names {previous}")
 

@@ -27,9 +27,9 @@ STOP_FILE_ENV = "MEGATRON_GRPO_STOP_FILE"
 class StopRequest:
     """Set by the signal handler or the stop file; ``agreed()`` makes every rank stop at the same step."""
 
-    def __init__(self, stop_file: str | None = None) -> None:
+    def __init__(self) -> None:
         self.signal: int | None = None
-        stop_file = stop_file or os.environ.get(STOP_FILE_ENV)
+        stop_file = os.environ.get(STOP_FILE_ENV)
         self.stop_file = Path(stop_file) if stop_file else None
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self._handle)
