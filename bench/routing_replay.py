@@ -60,7 +60,7 @@ def _case(dtype: str, prompts: int, n: int, max_tokens: int, init_std: float) ->
     from megatron_grpo.families import arch_from_dict
     from megatron_grpo.launch import init_distributed, shutdown
     from megatron_grpo.model.policy import MegatronPolicy
-    from megatron_grpo.model.update import old_logprobs
+    from megatron_grpo.model.update import rollout_logprobs
     from megatron_grpo.platform import DTYPES
     from megatron_grpo.refit.stream import refit
     from megatron_grpo.rollout.vllm_engine import build_engine
@@ -91,8 +91,8 @@ def _case(dtype: str, prompts: int, n: int, max_tokens: int, init_std: float) ->
         items = [dataclasses.make_dataclass("Item", ["prompt_ids"])(p) for p in prompt_ids]
         rollout = to_rollout_batch(items, samples, [0.0] * (prompts * n), n)
         budget = 4096
-        free = old_logprobs(policy, dataclasses.replace(rollout, routed_experts=None), 1.0, budget)
-        replayed = old_logprobs(policy, rollout, 1.0, budget)
+        free = rollout_logprobs(policy, dataclasses.replace(rollout, routed_experts=None), 1.0, budget)
+        replayed = rollout_logprobs(policy, rollout, 1.0, budget)
         mask = rollout.response_mask
         a = mismatch_metrics(free, rollout.sampler_logprobs, mask)
         b = mismatch_metrics(replayed, rollout.sampler_logprobs, mask)

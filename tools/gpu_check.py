@@ -12,8 +12,10 @@ Parts whose library is missing (Transformer Engine, transformers, vLLM) print ``
    a forward, backward and optimizer step (finite loss and grad norm, weights moved).
 3. ``throughput``: train-step tokens/s, MFU and peak memory for 0.6B- and 4B-shaped random models at 8k-
    and 32k-token micro-batches (bf16; 4B at 32k with full recompute), beside ``plan``'s formula peak.
-4. ``refit`` (vLLM importable): policy -> colocated engine, checksums and ``rollout/logprob_abs_diff``.
-5. ``ipc``: a refit bucket lent by CUDA-IPC handle (``refit.ipc``) to a fresh process on the same GPU, which
+4. ``reference``: the KL term's frozen reference (``model/reference.py``): swapped in, its log-probs equal
+   the initial policy's after an update, the policy's weights come back bit-exact; swap time and GB/s.
+5. ``refit`` (vLLM importable): policy -> colocated engine, checksums and ``rollout/logprob_abs_diff``.
+6. ``ipc``: a refit bucket lent by CUDA-IPC handle (``refit.ipc``) to a fresh process on the same GPU, which
    checks every tensor's bytes and copies them out: its time against a plain device copy of the bucket.
 """
 
@@ -208,6 +210,38 @@ def refit_check(dry: bool) -> dict:
     return metrics
 
 
+def reference_check(dry: bool) -> dict:
+    import torch
+
+    from megatron_grpo import platform
+    from megatron_grpo.config import ModelConfig, OptimizerConfig, ParallelConfig
+    from megatron_grpo.families import arch_from_dict
+    from megatron_grpo.model.policy import MegatronPolicy
+    from megatron_grpo.model.reference import ReferencePolicy
+
+    config = model_config("0.6b", dry) | ({} if dry else {"num_hidden_layers": 4})
+    arch = arch_from_dict(config)
+    policy = MegatronPolicy(arch, ModelConfig(hf_config="<inline>", dtype="bf16"), ParallelConfig(),
+                            OptimizerConfig(lr=1e-3, weight_decay=0.0), total_steps=2, seed=7)
+    reference = ReferencePolicy(policy.model)
+    batch = {"tokens": torch.randint(0, arch.vocab_size, (2, 64), generator=torch.Generator().manual_seed(4))}
+    initial = policy.logprobs([batch])[0]["logprobs"].float()
+    policy.train_step([batch], lambda lp, ent, mb: (-lp.float().mean(), {}))
+    trained = [p.detach().clone() for chunk in policy.model for p in chunk.parameters()]
+    platform.synchronize()
+    start = time.perf_counter()
+    with reference.swapped_in():
+        swap_s = time.perf_counter() - start
+        ref = policy.logprobs([batch])[0]["logprobs"].float()
+    round_trip_s = time.perf_counter() - start
+    back = all(torch.equal(p, t) for p, t in zip((p for c in policy.model for p in c.parameters()), trained,
+                                                   strict=True))
+    return {"reference_gib": reference.nbytes / 2**30, "swap_in_s": round(swap_s, 4),
+            "round_trip_s": round(round_trip_s, 4), "swap_gb_per_s": round(2 * reference.nbytes / swap_s / 1e9, 2),
+            "ref_vs_initial_max_abs": float((ref - initial).abs().max()), "policy_back_exact": back,
+            "policy_moved_max_abs": float((policy.logprobs([batch])[0]["logprobs"].float() - initial).abs().max())}
+
+
 def ipc_check(dry: bool) -> dict:
     """Lend a bucket of bf16 tensors (512 MiB; 2 MiB in the dry run) to ``--borrow`` in a fresh process."""
     import pickle
@@ -319,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     for shape in ("0.6b", "4b"):
         for micro in ((64, 256) if args.dry_run else (8192, 32768)):
             run("throughput", throughput_check, shape, micro, args.dry_run, args.steps)
+    run("reference", reference_check, args.dry_run)
     if missing["vllm"]:
         emit("refit", skipped=missing["vllm"])
     else:

@@ -1,4 +1,5 @@
-"""Policy loss: PPO-clip (clip-higher, dual-clip), KL and entropy terms, globally normalised aggregation.
+"""Policy loss: the registered per-token loss (``losses.py``), KL and entropy terms, globally normalised
+aggregation.
 
 Global normalisation (the idea of NeMo-RL's loss signature): a mini-batch is split into micro-batches
 and over DP ranks, yet the loss must be the one of the whole mini-batch. Every function here returns a
@@ -19,9 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from megatron_grpo.algo.losses import LOG_RATIO_CLAMP, PolicyTerms, get_loss
 from megatron_grpo.config.algo import LOSS_AGG_MODES, AlgoConfig
-
-_LOG_RATIO_CLAMP = 20.0  # exp(20) ~ 5e8: bounds ratios of wildly off tokens without touching normal ones
 
 
 @dataclass(frozen=True)
@@ -69,28 +69,13 @@ def aggregate(values: Tensor, mask: Tensor, mode: str, norm: LossNorm) -> Tensor
     raise ValueError(f"unknown loss_agg_mode '{mode}', expected one of {list(LOSS_AGG_MODES)}")
 
 
-def ppo_clip_token_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, clip_low: float,
-                        clip_high: float, dual_clip: float | None = None) -> tuple[Tensor, Tensor]:
-    """Per-token PPO-clip loss ``[n, L]`` and the ratio ``pi / pi_old``.
-
-    ``max(-A r, -A clip(r, 1 - low, 1 + high))``; with dual clip, for A < 0 the loss is further capped
-    at ``-A c`` so one token with a huge ratio cannot dominate (Ye et al. 2020).
-    """
-    log_ratio = (logprobs - old_logprobs).clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
-    ratio = torch.exp(log_ratio)
-    clipped = torch.maximum(-advantages * ratio, -advantages * ratio.clamp(1 - clip_low, 1 + clip_high))
-    if dual_clip is not None:
-        clipped = torch.where(advantages < 0, torch.minimum(clipped, -advantages * dual_clip), clipped)
-    return clipped, ratio
-
-
 def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: str) -> Tensor:
     """Per-token estimate of KL(pi || pi_ref) from samples of pi (Schulman's k1 / k2 / k3).
 
     k1 = log r, k2 = (log r)^2 / 2, k3 = 1/r - 1 + log r with r = pi / pi_ref; k3 ("low_var_kl") is
     unbiased, never negative and has low variance.
     """
-    log_ratio = (logprobs - ref_logprobs).clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
+    log_ratio = (logprobs - ref_logprobs).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     if estimator == "k1":
         return log_ratio
     if estimator == "k2":
@@ -100,22 +85,22 @@ def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: str) -> Tensor
     raise ValueError(f"unknown KL estimator '{estimator}' (k1, k2, k3)")
 
 
-def grpo_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, norm: LossNorm,
-              cfg: AlgoConfig, is_weights: Tensor | None = None, entropy: Tensor | None = None,
-              ref_logprobs: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+def policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, norm: LossNorm,
+                cfg: AlgoConfig, is_weights: Tensor | None = None, entropy: Tensor | None = None,
+                ref_logprobs: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """Partial loss of one micro-batch (all ``[n, L]``, response frame) and its partial metrics.
 
-    ``loss = agg(is_w * ppo_clip) + kl_coef * agg(kl) - entropy_coef * agg(entropy)``. The rollout IS
-    weight is detached and multiplies the per-token PPO loss before aggregation (verl's rollout
-    correction); it does not touch the KL or entropy terms.
+    ``loss = agg(is_w * pg) + kl_coef * agg(kl) - entropy_coef * agg(entropy)``, ``pg`` the per-token
+    terms of the registered loss ``cfg.loss``. The rollout IS weight is detached and multiplies the
+    per-token policy loss before aggregation (verl's rollout correction); it does not touch the KL or
+    entropy terms.
     """
-    pg, ratio = ppo_clip_token_loss(logprobs, old_logprobs, advantages, cfg.clip_ratio_low,
-                                    cfg.clip_ratio_high, cfg.dual_clip)
-    if is_weights is not None:
-        pg = pg * is_weights.detach()
+    terms = get_loss(cfg.loss).fn(logprobs, old_logprobs, advantages, mask, cfg.clip_ratio_low,
+                                  cfg.clip_ratio_high, cfg.dual_clip)
+    pg = terms.loss if is_weights is None else terms.loss * is_weights.detach()
     loss = aggregate(pg, mask, cfg.loss_agg_mode, norm)
     metrics = {"pg_loss": loss.detach()}
-    if cfg.kl_coef > 0 and not cfg.kl_in_reward:
+    if cfg.kl_coef > 0 and cfg.kl_in == "loss":
         if ref_logprobs is None:
             raise ValueError("kl_coef > 0 with the KL in the loss needs ref_logprobs")
         kl = aggregate(kl_penalty(logprobs, ref_logprobs, cfg.kl_estimator), mask, cfg.loss_agg_mode, norm)
@@ -127,16 +112,15 @@ def grpo_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: 
         ent = aggregate(entropy, mask, cfg.loss_agg_mode, norm)
         loss = loss - cfg.entropy_coef * ent
         metrics["entropy"] = ent.detach()
-    metrics.update(ratio_metrics(ratio.detach(), advantages, mask, norm, cfg))
+    metrics.update(ratio_metrics(terms, advantages, mask, norm, cfg))
     return loss, metrics
 
 
-def ratio_metrics(ratio: Tensor, advantages: Tensor, mask: Tensor, norm: LossNorm,
+def ratio_metrics(terms: PolicyTerms, advantages: Tensor, mask: Tensor, norm: LossNorm,
                   cfg: AlgoConfig) -> dict[str, Tensor]:
     """Clip fractions, approx KL(pi_old || pi) (k3) and ratio mean/max, as token-mean partial sums."""
-    valid = mask.bool()
-    low = (advantages < 0) & (ratio < 1 - cfg.clip_ratio_low)
-    high = (advantages > 0) & (ratio > 1 + cfg.clip_ratio_high)
+    valid, ratio = mask.bool(), terms.ratio.detach()
+    low, high = terms.clipped_low, terms.clipped_high
     approx_kl = ratio - 1 - ratio.log()
 
     def token_mean(x: Tensor) -> Tensor:

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from megatron_grpo.algo.advantages import broadcast_to_tokens, group_advantages
-from megatron_grpo.algo.correction import mismatch_metrics, rollout_is_weights
+from megatron_grpo.algo.correction import rollout_correction
 from megatron_grpo.algo.dapo import overlong_penalty
 from megatron_grpo.algo.loss import kl_penalty
 from megatron_grpo.algo.types import RolloutBatch, TrainBatch
@@ -15,22 +15,29 @@ from megatron_grpo.config.algo import AlgoConfig
 
 def shaped_rewards(rollout: RolloutBatch, cfg: AlgoConfig, max_response_len: int,
                    old_logprobs: Tensor | None = None, ref_logprobs: Tensor | None = None) -> Tensor:
-    """Outcome reward + DAPO overlong penalty - kl_coef * summed response KL (when KL is in the reward)."""
+    """Outcome reward + DAPO overlong penalty - the KL penalty (when the KL is in the reward)."""
     rewards = rollout.rewards.to(torch.float64)
     if cfg.overlong_buffer:
         rewards = rewards + overlong_penalty(rollout.response_lens, max_response_len, cfg.overlong_buffer,
                                              cfg.overlong_penalty)
-    if cfg.kl_coef > 0 and cfg.kl_in_reward:
-        if old_logprobs is None or ref_logprobs is None:
-            raise ValueError("kl_in_reward needs old_logprobs and ref_logprobs")
-        kl = kl_penalty(old_logprobs, ref_logprobs, cfg.kl_estimator) * rollout.response_mask
-        rewards = rewards - cfg.kl_coef * kl.sum(dim=-1).to(torch.float64)
+    if cfg.kl_coef > 0 and cfg.kl_in == "reward":
+        rewards = rewards - kl_reward_penalty(rollout, cfg, old_logprobs, ref_logprobs)
     return rewards
+
+
+def kl_reward_penalty(rollout: RolloutBatch, cfg: AlgoConfig, old_logprobs: Tensor | None,
+                      ref_logprobs: Tensor | None) -> Tensor:
+    """``kl_coef`` x the response's summed KL(pi_old || pi_ref) estimate, ``[N]`` float64."""
+    if old_logprobs is None or ref_logprobs is None:
+        raise ValueError("the KL in the reward needs old_logprobs and ref_logprobs")
+    kl = kl_penalty(old_logprobs, ref_logprobs, cfg.kl_estimator) * rollout.response_mask
+    return cfg.kl_coef * kl.sum(dim=-1).to(torch.float64)
 
 
 def prepare_train_batch(rollout: RolloutBatch, old_logprobs: Tensor, cfg: AlgoConfig, max_response_len: int,
                         ref_logprobs: Tensor | None = None) -> tuple[TrainBatch, dict[str, float]]:
-    """Everything the update needs, from a scored rollout and the trainer's log-probs ``[N, L]``.
+    """Everything the update needs, from a scored rollout and the trainer's log-probs ``[N, L]``, and
+    metrics of the whole batch (``algo/*``; ``mismatch/*``, which mean something only off-policy).
 
     ``old_logprobs`` are the trainer's log-probs of the response tokens under the weights the rollout
     was sampled with (PPO's pi_old); ``ref_logprobs`` only when ``kl_coef > 0``.
@@ -40,18 +47,16 @@ def prepare_train_batch(rollout: RolloutBatch, old_logprobs: Tensor, cfg: AlgoCo
     adv = group_advantages(rewards, rollout.group_size, cfg.advantage, cfg.adv_eps) * cfg.outcome_weight
     if cfg.overlong_filter:
         mask = mask & ~rollout.truncated[:, None]
-    metrics = mismatch_metrics(old_logprobs, rollout.sampler_logprobs, mask)
-    if cfg.rollout_is == "none":
-        is_weights, loss_mask = mask.to(old_logprobs.dtype), mask.to(old_logprobs.dtype)
-    else:
-        is_weights, loss_mask = rollout_is_weights(old_logprobs, rollout.sampler_logprobs, mask.to(
-            old_logprobs.dtype), cfg.rollout_is, cfg.rollout_is_threshold, reject=cfg.rollout_is_mask)
-        n_valid = max(int(mask.sum()), 1)
-        metrics["rollout_is_mean"] = float(is_weights.sum()) / n_valid
-        metrics["rollout_is_dropped_frac"] = float(mask.sum() - loss_mask.sum()) / n_valid
-    metrics.update(reward_mean=float(rollout.rewards.mean()), shaped_reward_mean=float(rewards.mean()),
-                   adv_abs_mean=float(adv.abs().mean()), overlong_masked=float(rollout.truncated.sum())
-                   if cfg.overlong_filter else 0.0)
+    mask = mask.to(old_logprobs.dtype)
+    is_weights, loss_mask, partial = rollout_correction(old_logprobs, rollout.sampler_logprobs, mask, cfg,
+                                                        max(float(mask.sum()), 1.0))
+    metrics = {k: float(v) for k, v in partial.items()}
+    metrics.update({"algo/reward_mean": float(rollout.rewards.mean()), "algo/shaped_reward_mean": float(
+        rewards.mean()), "algo/adv_abs_mean": float(adv.abs().mean())})
+    if cfg.overlong_filter:
+        metrics["algo/overlong_masked"] = float(rollout.truncated.sum())
+    if cfg.kl_coef > 0 and cfg.kl_in == "reward":
+        metrics["algo/kl_reward_penalty"] = float(kl_reward_penalty(rollout, cfg, old_logprobs, ref_logprobs).mean())
     batch = TrainBatch(
         input_ids=rollout.input_ids, prompt_lens=rollout.prompt_lens, response_lens=rollout.response_lens,
         loss_mask=loss_mask, advantages=broadcast_to_tokens(adv.to(old_logprobs.dtype), loss_mask),

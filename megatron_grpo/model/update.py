@@ -1,9 +1,12 @@
-"""Policy-update stage: old log-probs (when needed), PPO mini-batches over packed micro-batches.
+"""Policy-update stage: old and reference log-probs (when needed), PPO mini-batches over packed
+micro-batches.
 
-Exactly on-policy (one PPO epoch, one mini-batch = the whole rollout, the reference setting) the
-weights that produce the loss's log-probs ARE pi_old, so pi_old = the current log-probs, detached:
-the separate forward pass for old log-probs is skipped and the rollout IS weights are computed inside
-the loss from them. Otherwise pi_old comes from a forward pass before the first update.
+Exactly on-policy (``algo.is_on_policy``: one PPO epoch, one mini-batch = the whole rollout, the
+reference setting) the weights that produce the loss's log-probs ARE pi_old, so pi_old = the current
+log-probs, detached: the separate forward pass for old log-probs is skipped and the rollout IS weights
+are computed inside the loss from them. Otherwise pi_old comes from a forward pass before the first
+update. With a KL term the reference's log-probs come from one more such pass, with the reference weights
+swapped in, packed into micro-batches as the update packs them.
 """
 
 from __future__ import annotations
@@ -19,18 +22,16 @@ from megatron_grpo.algo import (
     RolloutBatch,
     TrainBatch,
     gather_response,
-    grpo_loss,
+    is_on_policy,
     mini_batches,
     pack_micro_batches,
+    policy_loss,
     prepare_train_batch,
-    rollout_is_weights,
+    rollout_correction,
 )
 from megatron_grpo.config import AlgoConfig
 from megatron_grpo.model.policy import MegatronPolicy
-
-
-def is_on_policy(cfg: AlgoConfig, num_groups: int) -> bool:
-    return cfg.ppo_epochs == 1 and cfg.mini_batch_prompts >= num_groups and not cfg.rollout_is_mask
+from megatron_grpo.model.reference import ReferencePolicy
 
 
 def _token_frame(per_position: torch.Tensor, prompt_lens: torch.Tensor, width: int) -> torch.Tensor:
@@ -48,10 +49,11 @@ def _my_micro_batches(seq_lens: torch.Tensor, token_budget: int) -> tuple[list[l
     return mine, most - len(mine)
 
 
-def old_logprobs(policy: MegatronPolicy, rollout: RolloutBatch, temperature: float,
-                 token_budget: int) -> torch.Tensor:
-    """pi_old log-probs ``[N, L]`` of the response tokens, on every rank (each DP rank computes a share;
-    one all-reduce of the disjoint shares, on the device; the result is a host tensor)."""
+def rollout_logprobs(policy: MegatronPolicy, rollout: RolloutBatch, temperature: float,
+                     token_budget: int) -> torch.Tensor:
+    """The model's log-probs ``[N, L]`` of the response tokens (pi_old, or the reference's with its weights
+    swapped in), on every rank (each DP rank computes a share; one all-reduce of the disjoint shares, on
+    the device; the result is a host tensor)."""
     width = rollout.sampler_logprobs.shape[1]
     seq_lens = rollout.prompt_lens + rollout.response_lens
     mine, padding = _my_micro_batches(seq_lens, token_budget)
@@ -79,17 +81,11 @@ def _loss_fn(cfg: AlgoConfig, norm: LossNorm, on_policy: bool):
         ent = _token_frame(entropy, mb["prompt_lens"], width)
         mask, old, is_w = mb["loss_mask"], mb["old_logprobs"], mb["is_weights"]
         metrics = {}
-        if on_policy:
+        if on_policy:  # pi_old is this pass's own log-probs: the IS weights are only known here
             old = lp.detach()
-            if cfg.rollout_is != "none":
-                is_w, _ = rollout_is_weights(old, mb["sampler_logprobs"], mask, cfg.rollout_is,
-                                             cfg.rollout_is_threshold)
-            diff = (old - mb["sampler_logprobs"]).clamp(-20, 20) * mask
-            metrics = {"mismatch/abs_logp": diff.abs().sum() / norm.tokens,
-                       "mismatch/k3_kl": (diff.exp() - 1 - diff).mul(mask).sum() / norm.tokens}
-            if cfg.rollout_is != "none":
-                metrics["mismatch/is_weight_mean"] = (is_w * mask).sum() / norm.tokens
-        loss, algo_metrics = grpo_loss(lp, old, mb["advantages"], mask, norm, cfg, is_weights=is_w, entropy=ent)
+            is_w, _, metrics = rollout_correction(old, mb["sampler_logprobs"], mask, cfg, norm.tokens)
+        loss, algo_metrics = policy_loss(lp, old, mb["advantages"], mask, norm, cfg, is_weights=is_w, entropy=ent,
+                                         ref_logprobs=mb.get("ref_logprobs"))
         metrics.update({f"actor/{k}": v for k, v in algo_metrics.items()})
         metrics["actor/entropy"] = (ent.detach() * mask).sum() / norm.tokens
         return loss, metrics
@@ -100,9 +96,12 @@ def _loss_fn(cfg: AlgoConfig, norm: LossNorm, on_policy: bool):
 def _micro_batch(batch: TrainBatch, rollout: RolloutBatch, rows: list[int]) -> dict[str, torch.Tensor]:
     sub = batch.select(rows)
     width = sub.loss_mask.shape[1]
-    return {**_forward_inputs(sub), "prompt_lens": sub.prompt_lens,
-            "loss_mask": sub.loss_mask, "advantages": sub.advantages, "old_logprobs": sub.old_logprobs,
-            "is_weights": sub.is_weights, "sampler_logprobs": rollout.sampler_logprobs[rows][:, :width]}
+    mb = {**_forward_inputs(sub), "prompt_lens": sub.prompt_lens,
+          "loss_mask": sub.loss_mask, "advantages": sub.advantages, "old_logprobs": sub.old_logprobs,
+          "is_weights": sub.is_weights, "sampler_logprobs": rollout.sampler_logprobs[rows][:, :width]}
+    if sub.ref_logprobs is not None:
+        mb["ref_logprobs"] = sub.ref_logprobs
+    return mb
 
 
 def _padding(batch: TrainBatch, rollout: RolloutBatch, row: int) -> dict[str, torch.Tensor]:
@@ -112,14 +111,18 @@ def _padding(batch: TrainBatch, rollout: RolloutBatch, row: int) -> dict[str, to
 
 
 def update_policy(policy: MegatronPolicy, rollout: RolloutBatch, cfg: AlgoConfig, max_response_len: int,
-                  temperature: float) -> dict[str, float]:
+                  temperature: float, reference: ReferencePolicy | None = None) -> dict[str, float]:
     """All PPO epochs x mini-batches of one rollout; returns metrics (last optimizer step's + batch-level)."""
     on_policy = is_on_policy(cfg, rollout.num_groups)
-    old = rollout.sampler_logprobs if on_policy else old_logprobs(policy, rollout, temperature, cfg.micro_batch_tokens)
-    batch, metrics = prepare_train_batch(rollout, old, cfg, max_response_len)
-    # on-policy, the mismatch / IS metrics come from the loss (pi_old is only known there)
-    stale = ("mismatch", "rollout_is") if on_policy else ()
-    metrics = {f"algo/{k}": v for k, v in metrics.items() if not k.startswith(stale)}
+    budget = cfg.micro_batch_tokens
+    old = rollout.sampler_logprobs if on_policy else rollout_logprobs(policy, rollout, temperature, budget)
+    ref = None
+    if reference is not None:
+        with reference.swapped_in():
+            ref = rollout_logprobs(policy, rollout, temperature, budget)
+    batch, metrics = prepare_train_batch(rollout, old, cfg, max_response_len, ref_logprobs=ref)
+    if on_policy:  # the mismatch / IS metrics come from the loss (pi_old is only known there)
+        metrics = {k: v for k, v in metrics.items() if not k.startswith("mismatch/")}
     seq_lens = batch.seq_lens
     steps = mini_batches(rollout.num_groups, rollout.group_size, cfg.mini_batch_prompts, cfg.ppo_epochs)
     applied = 0

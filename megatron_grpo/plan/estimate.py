@@ -13,6 +13,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, replace
 
+from megatron_grpo.algo.correction import is_on_policy
 from megatron_grpo.config import Config, ConfigError, check_world, load_config
 from megatron_grpo.families import ModelArch, load_arch, padded_vocab_size, param_counts
 
@@ -145,6 +146,7 @@ class Plan:
     throughput: Throughput
     advice: tuple[str, ...] = ()
     params_active: int = 0  # MoE: parameters one token passes through (0 for a dense model)
+    reference_host: float = 0.0  # KL: the frozen reference's weights, per GPU, in host memory (model/reference.py)
 
     @property
     def fits_train(self) -> bool:
@@ -252,7 +254,9 @@ def _plan(cfg: Config, arch: ModelArch, nodes: int, gpus_per_node: int, gpu_mem_
     return Plan(layout=layout, gpu_mem=gpu_mem_gb * GIB, usable=(gpu_mem_gb - assume.reserve_gb) * GIB,
                 params_total=total_params(arch), params_per_gpu=per_gpu, train=train, rollout=rollout,
                 params_active=param_counts(arch).active(arch) if arch.is_moe else 0,
-                throughput=_throughput(cfg, arch, layout, assume))
+                throughput=_throughput(cfg, arch, layout, assume),
+                # the policy's shard of every weight, in its dtype; swapped in one tensor at a time
+                reference_host=train.params if cfg.algo.kl_coef > 0 else 0.0)
 
 
 def _layout(cfg: Config, arch: ModelArch, world: int, engines: int | None) -> Layout:
@@ -367,9 +371,11 @@ def _throughput(cfg: Config, arch: ModelArch, layout: Layout, assume: Assumption
     attn = arch.num_layers * arch.num_attention_heads * arch.head_dim  # x 4 x context = attention FLOPs/token
     seq = prompt + response
     # Forward = 2 N + 4 L a d c per token (c = mean causal context = seq / 2); backward = 2 x forward;
-    # full recompute repeats the forward; an extra forward gives old log-probs when off-policy.
-    passes = 3 + (cfg.model.recompute == "full") + (not _on_policy(cfg)) + (cfg.algo.kl_coef > 0)
-    train_flops = seqs * seq * passes * (2 * n_mm + 4 * attn * seq / 2) * cfg.algo.ppo_epochs
+    # full recompute repeats the forward; each PPO epoch does all that again. Once per step, a forward
+    # gives old log-probs when off-policy, another the reference's with a KL term.
+    passes = (3 + (cfg.model.recompute == "full")) * cfg.algo.ppo_epochs + (
+        not is_on_policy(cfg.algo, cfg.data.batch_prompts)) + (cfg.algo.kl_coef > 0)
+    train_flops = seqs * seq * passes * (2 * n_mm + 4 * attn * seq / 2)
     prefill = prompt * (2 * n_mm + 4 * attn * prompt / 2)
     gen_flops = seqs * (prefill + response * (2 * n_mm + 4 * attn * (prompt + response / 2)))
     peak = (assume.peak_tflops or PEAK_TFLOPS[cfg.model.dtype]) * 1e12  # per GPU
@@ -383,11 +389,6 @@ def _throughput(cfg: Config, arch: ModelArch, layout: Layout, assume: Assumption
         refit_bytes=refit, refit_buckets=math.ceil(refit / (cfg.rollout.refit_bucket_mb * 2**20)),
         refit_s=refit / TRANSFER_BYTES_PER_S if layout.engine_gpus else 0.0, staleness=cfg.rollout.max_staleness,
     )
-
-
-def _on_policy(cfg: Config) -> bool:
-    """One optimizer step per rollout: the sampler's log-probs serve as the old ones (model/update.py)."""
-    return cfg.algo.ppo_epochs == 1 and cfg.algo.mini_batch_prompts == cfg.data.batch_prompts
 
 
 def _kv_waves(r: RolloutMemory) -> int:
@@ -510,7 +511,8 @@ def format_plan(p: Plan) -> str:
         "stage per GPU",
         f"training, per GPU (GiB of {_gib(p.usable)} usable): params {_gib(t.params)}, grads {_gib(t.grads)}, "
         f"optimizer {_gib(t.optimizer)}, activations {_gib(t.activations)}, layer in backward {_gib(t.backward)}, "
-        f"logits {_gib(t.logits)} -> peak {_gib(t.peak)}  [{'ok' if p.fits_train else 'OVER'}]",
+        f"logits {_gib(t.logits)} -> peak {_gib(t.peak)}  [{'ok' if p.fits_train else 'OVER'}]"
+        + (f"; KL reference {_gib(p.reference_host)} in host memory" if p.reference_host else ""),
         f"generation, {gpu}: vLLM {_gib(r.budget)} (weights {_gib(r.weights)}, KV cache {_gib(r.kv_cache)} = "
         f"{r.kv_tokens} tokens = {r.kv_tokens // r.seq_tokens} x {r.seq_tokens}-token sequences for "
         f"{r.seqs_per_engine} per engine) + trainer {_gib(r.trainer_resident)} (host memory {_gib(r.host_offload)} "

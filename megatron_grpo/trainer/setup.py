@@ -25,6 +25,7 @@ from megatron_grpo.data import PromptDataset, PromptSampler, load_train_dataset
 from megatron_grpo.families import ModelArch, hf_config_path, load_arch
 from megatron_grpo.launch import DistEnv, init_distributed
 from megatron_grpo.model.policy import MegatronPolicy
+from megatron_grpo.model.reference import ReferencePolicy
 from megatron_grpo.platform import DTYPES
 from megatron_grpo.rollout.groups import EngineGroup
 from megatron_grpo.trainer.colocate import Colocation
@@ -44,6 +45,7 @@ class Run:
     sampler: PromptSampler          # global batches: every rank sees all B prompts
     total_steps: int
     policy: MegatronPolicy
+    reference: ReferencePolicy | None  # the KL term's frozen initial weights (algo.kl_coef > 0)
     engines: EngineGroup            # every engine of the run, in its placement
     scorer: object                  # this rank's reward workers
     eval_sets: list
@@ -92,8 +94,6 @@ def build_run(cfg: Config, run_dir: Path) -> Run:
     arch = load_arch(cfg.model.hf_config)
     check_world(cfg, env.world_size, arch.num_attention_heads, arch.num_query_groups, arch.num_layers,
                 arch.num_experts)
-    if cfg.algo.kl_coef > 0:
-        raise ConfigError("algo.kl_coef: a KL term needs a reference model, which this trainer does not build yet")
     tokenizer = load_tokenizer(cfg, arch)
     dataset, _ = load_train_dataset(cfg.data, tokenizer, cfg.rollout.max_prompt_length)
     sampler = PromptSampler.from_config(cfg.data, len(dataset))
@@ -105,6 +105,8 @@ def build_run(cfg: Config, run_dir: Path) -> Run:
 
         hf_weights = HFCheckpoint(cfg.model.hf_checkpoint)
     policy = MegatronPolicy(arch, cfg.model, cfg.parallel, cfg.optim, total_steps, hf_weights, cfg.trainer.seed)
+    # the initial weights, taken before a checkpoint is loaded: a resumed run's reference is the same
+    reference = ReferencePolicy(policy.model) if cfg.algo.kl_coef > 0 else None
     from megatron_grpo import reward
     from megatron_grpo.rollout.groups import build_engines
 
@@ -115,8 +117,8 @@ def build_run(cfg: Config, run_dir: Path) -> Run:
     colocation = Colocation(engines.local, policy, cfg.rollout.shares_gpus and cfg.rollout.offload_trainer)
     rollouts = RolloutQueue(engines, scorer, dataset, sampler, cfg.rollout.train, cfg.trainer.seed,
                             cfg.rollout.max_staleness, total_steps, routing=cfg.algo.routing_replay)
-    return Run(cfg, run_dir, env, arch, tokenizer, dataset, sampler, total_steps, policy, engines, scorer, eval_sets,
-               colocation, rollouts)
+    return Run(cfg, run_dir, env, arch, tokenizer, dataset, sampler, total_steps, policy, reference, engines, scorer,
+               eval_sets, colocation, rollouts)
 
 
 def _eval_sets(cfg: Config, tokenizer) -> list:

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from megatron_grpo.algo import mismatch_metrics, rollout_is_weights
+from megatron_grpo.algo import is_on_policy, reduce_metrics, rollout_correction, rollout_is_weights
+from megatron_grpo.config.algo import AlgoConfig
 
 
 def inputs(seed=0):
@@ -53,14 +54,38 @@ def test_token_truncation_by_hand():
     assert w.tolist()[0] == pytest.approx([1.0, 0.0, 0.5]) and m.tolist() == [[1.0, 0.0, 1.0]]
 
 
-def test_mismatch_metrics_naive():
+@pytest.mark.parametrize("mode", ["none", "token"])
+def test_rollout_correction_metrics_naive_and_summable(mode):
+    """Partial sums over the global token count: the micro-batches' sum is the whole batch's mean."""
     old, sampler, mask = inputs(1)
-    got = mismatch_metrics(old, sampler, mask)
+    cfg = AlgoConfig(rollout_is=mode)
+    tokens = float(mask.sum())
+    weights, loss_mask, got = rollout_correction(old, sampler, mask, cfg, tokens)
     deltas = [(old[i, t] - sampler[i, t]).item() for i in range(5) for t in range(5) if mask[i, t]]
-    assert got["mismatch_abs_logp"] == pytest.approx(sum(abs(d) for d in deltas) / len(deltas))
-    assert got["mismatch_k3_kl"] == pytest.approx(sum(math.exp(d) - 1 - d for d in deltas) / len(deltas))
-    assert got["mismatch_ratio_max"] == pytest.approx(max(math.exp(d) for d in deltas))
-    assert mismatch_metrics(old, sampler, torch.zeros_like(mask))["mismatch_ratio_max"] == 0.0
+    assert float(got["mismatch/abs_logp"]) == pytest.approx(sum(abs(d) for d in deltas) / len(deltas))
+    assert float(got["mismatch/k3_kl"]) == pytest.approx(sum(math.exp(d) - 1 - d for d in deltas) / len(deltas))
+    assert float(got["mismatch/ratio_max"]) == pytest.approx(max(math.exp(d) for d in deltas))
+    if mode == "none":
+        assert torch.equal(weights, mask) and "mismatch/is_weight_mean" not in got
+    else:
+        want = sum(min(math.exp(d), 2.0) for d in deltas) / len(deltas)
+        assert float(got["mismatch/is_weight_mean"]) == pytest.approx(want)
+    parts = [rollout_correction(old[s], sampler[s], mask[s], cfg, tokens)[2] for s in (slice(0, 2), slice(2, 5))]
+    for key, value in reduce_metrics(parts).items():
+        assert float(value) == pytest.approx(float(got[key])), key
+    _, _, empty = rollout_correction(old, sampler, torch.zeros_like(mask), cfg, 1.0)
+    assert float(empty["mismatch/ratio_max"]) == 0.0
+
+
+def test_is_on_policy_is_the_one_rule():
+    """One optimizer step per rollout, unless pi_old is needed before the loss."""
+    assert is_on_policy(AlgoConfig(mini_batch_prompts=8), 8)
+    assert is_on_policy(AlgoConfig(mini_batch_prompts=8), 6)  # dynamic sampling gave fewer groups
+    assert not is_on_policy(AlgoConfig(mini_batch_prompts=4), 8)
+    assert not is_on_policy(AlgoConfig(mini_batch_prompts=8, ppo_epochs=2), 8)
+    assert not is_on_policy(AlgoConfig(mini_batch_prompts=8, rollout_is_mask=True), 8)
+    assert not is_on_policy(AlgoConfig(mini_batch_prompts=8, kl_coef=0.1, kl_in="reward"), 8)
+    assert is_on_policy(AlgoConfig(mini_batch_prompts=8, kl_coef=0.1, kl_in="loss"), 8)
 
 
 def test_unknown_level():

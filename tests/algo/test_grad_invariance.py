@@ -12,8 +12,8 @@ from megatron_grpo.algo import (
     LossNorm,
     TrainBatch,
     gather_response,
-    grpo_loss,
     pack_micro_batches,
+    policy_loss,
     prepare_train_batch,
 )
 from megatron_grpo.config.algo import LOSS_AGG_MODES, AlgoConfig
@@ -61,7 +61,7 @@ def grad_of(model, batch, parts, norm, cfg):
     model.zero_grad()
     for rows in parts:
         mb = batch.select(rows)
-        loss, _ = grpo_loss(model.response_logprobs(mb), mb.old_logprobs, mb.advantages, mb.loss_mask, norm,
+        loss, _ = policy_loss(model.response_logprobs(mb), mb.old_logprobs, mb.advantages, mb.loss_mask, norm,
                             cfg, is_weights=mb.is_weights)
         loss.backward()
     return torch.cat([p.grad.flatten() for p in model.parameters()])
@@ -72,11 +72,17 @@ def full_grad(model, batch, cfg):
     return grad_of(model, batch, [list(range(batch.loss_mask.shape[0]))], norm, cfg)
 
 
-@pytest.mark.parametrize("mode", LOSS_AGG_MODES)
+# every aggregation with PPO-clip, and every other registered loss with its own
+CASES = {**{f"grpo/{mode}": AlgoConfig(loss_agg_mode=mode, clip_ratio_high=0.28) for mode in LOSS_AGG_MODES},
+         "gspo": AlgoConfig(loss="gspo", clip_ratio_low=0.05, clip_ratio_high=0.05),
+         "drgrpo": AlgoConfig(loss="drgrpo"), "cispo": AlgoConfig(loss="cispo", clip_ratio_high=0.1)}
+
+
+@pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("n_micro", [1, 2, 7])
-def test_micro_batch_split_gives_same_gradient(mode, n_micro):
+def test_micro_batch_split_gives_same_gradient(case, n_micro):
     model, batch = make_case()
-    cfg = AlgoConfig(loss_agg_mode=mode, clip_ratio_high=0.28)
+    cfg = CASES[case]
     want = full_grad(model, batch, cfg)
     n = batch.loss_mask.shape[0]
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(n_micro)).tolist()
@@ -93,13 +99,13 @@ def _dp_worker(rank, world, init_file, out_file, model, batch):
     plan = pack_micro_batches(batch.seq_lens.tolist(), world, token_budget=24)
     mine = plan.ranks[rank]
     results = {}
-    for mode in LOSS_AGG_MODES:
+    for case, cfg in CASES.items():
         counts = LossNorm.counts([batch.select(mb).loss_mask for mb in mine])
         dist.all_reduce(counts)  # SUM over DP ranks
         norm = LossNorm.from_counts(counts, MAX_RESP)
-        grad = grad_of(model, batch, mine, norm, AlgoConfig(loss_agg_mode=mode, clip_ratio_high=0.28))
+        grad = grad_of(model, batch, mine, norm, cfg)
         dist.all_reduce(grad)  # SUM, not average
-        results[mode] = grad
+        results[case] = grad
     if rank == 0:
         torch.save({"results": results, "n_micro": [len(r) for r in plan.ranks]}, out_file)
     dist.destroy_process_group()
@@ -113,6 +119,6 @@ def test_dp2_gives_same_gradient_as_dp1():
         mp.spawn(_dp_worker, args=(2, os.path.join(tmp, "init"), out, model, batch), nprocs=2, join=True)
         saved = torch.load(out)
     assert min(saved["n_micro"]) >= 2  # several micro-batches on each rank
-    for mode in LOSS_AGG_MODES:
-        want = full_grad(model, batch, AlgoConfig(loss_agg_mode=mode, clip_ratio_high=0.28))
-        torch.testing.assert_close(saved["results"][mode], want, rtol=1e-10, atol=1e-12)
+    for case, cfg in CASES.items():
+        want = full_grad(model, batch, cfg)
+        torch.testing.assert_close(saved["results"][case], want, rtol=1e-10, atol=1e-12)

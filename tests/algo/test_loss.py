@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from megatron_grpo.algo import LossNorm, aggregate, grpo_loss, kl_penalty, reduce_metrics
+from megatron_grpo.algo import LossNorm, aggregate, kl_penalty, policy_loss, reduce_metrics
 from megatron_grpo.config.algo import LOSS_AGG_MODES, AlgoConfig
 
 L = 6
@@ -56,11 +56,11 @@ def norm_of(mask, max_len=L):
 
 @pytest.mark.parametrize("mode", LOSS_AGG_MODES)
 @pytest.mark.parametrize("dual", [None, 3.0])
-def test_grpo_loss_matches_naive(mode, dual):
+def test_policy_loss_matches_naive(mode, dual):
     x = random_inputs()
     cfg = AlgoConfig(loss_agg_mode=mode, clip_ratio_low=0.2, clip_ratio_high=0.28, dual_clip=dual,
                      kl_coef=0.1, entropy_coef=0.01)
-    loss, metrics = grpo_loss(x["logprobs"], x["old"], x["adv"], x["mask"], norm_of(x["mask"]), cfg,
+    loss, metrics = policy_loss(x["logprobs"], x["old"], x["adv"], x["mask"], norm_of(x["mask"]), cfg,
                               is_weights=x["is_w"], entropy=x["entropy"], ref_logprobs=x["ref"])
     n = x["mask"].shape[0]
     pg = [[x["is_w"][i, t].item() * naive_token_loss(x["logprobs"][i, t].item(), x["old"][i, t].item(),
@@ -78,7 +78,7 @@ def test_grpo_loss_matches_naive(mode, dual):
 def test_metrics_match_naive():
     x = random_inputs(seed=3)
     cfg = AlgoConfig(clip_ratio_low=0.2, clip_ratio_high=0.28, dual_clip=3.0)
-    _, m = grpo_loss(x["logprobs"], x["old"], x["adv"], x["mask"], norm_of(x["mask"]), cfg)
+    _, m = policy_loss(x["logprobs"], x["old"], x["adv"], x["mask"], norm_of(x["mask"]), cfg)
     low = high = dual = kl = rsum = 0.0
     rmax, tokens = 0.0, 0
     for i in range(x["mask"].shape[0]):
@@ -107,8 +107,8 @@ def test_partial_sums_add_up_over_micro_batches(mode):
     x = random_inputs(seed=1, n=9)
     cfg = AlgoConfig(loss_agg_mode=mode)
     norm = norm_of(x["mask"])
-    full, full_m = grpo_loss(x["logprobs"], x["old"], x["adv"], x["mask"], norm, cfg)
-    parts = [grpo_loss(x["logprobs"][s], x["old"][s], x["adv"][s], x["mask"][s], norm, cfg)
+    full, full_m = policy_loss(x["logprobs"], x["old"], x["adv"], x["mask"], norm, cfg)
+    parts = [policy_loss(x["logprobs"][s], x["old"][s], x["adv"][s], x["mask"][s], norm, cfg)
              for s in (slice(0, 2), slice(2, 3), slice(3, 9))]
     assert float(sum(p[0] for p in parts)) == pytest.approx(float(full), rel=1e-12)
     reduced = reduce_metrics(p[1] for p in parts)
@@ -143,7 +143,7 @@ def test_gradcheck(mode):
     norm = norm_of(x["mask"])
 
     def f(lp, ent):
-        return grpo_loss(lp, x["old"], x["adv"], x["mask"], norm, cfg, is_weights=x["is_w"], entropy=ent,
+        return policy_loss(lp, x["old"], x["adv"], x["mask"], norm, cfg, is_weights=x["is_w"], entropy=ent,
                          ref_logprobs=x["ref"])[0]
 
     inputs = (x["logprobs"].clone().requires_grad_(), x["entropy"].clone().requires_grad_())
@@ -168,9 +168,9 @@ def test_missing_inputs_are_named():
     x = random_inputs()
     norm = norm_of(x["mask"])
     with pytest.raises(ValueError, match="ref_logprobs"):
-        grpo_loss(x["logprobs"], x["old"], x["adv"], x["mask"], norm, AlgoConfig(kl_coef=0.1))
+        policy_loss(x["logprobs"], x["old"], x["adv"], x["mask"], norm, AlgoConfig(kl_coef=0.1))
     with pytest.raises(ValueError, match="entropy"):
-        grpo_loss(x["logprobs"], x["old"], x["adv"], x["mask"], norm, AlgoConfig(entropy_coef=0.1))
+        policy_loss(x["logprobs"], x["old"], x["adv"], x["mask"], norm, AlgoConfig(entropy_coef=0.1))
 
 
 def test_huge_log_ratio_stays_finite():
@@ -178,7 +178,57 @@ def test_huge_log_ratio_stays_finite():
     zeros, mask = torch.zeros(1, 2, dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64)
     cfg = AlgoConfig(dual_clip=3.0, kl_coef=1.0)
     adv = torch.tensor([[1.0, -1.0]])
-    loss, m = grpo_loss(lp, zeros, adv, mask, norm_of(mask, 2), cfg, ref_logprobs=zeros)
+    loss, m = policy_loss(lp, zeros, adv, mask, norm_of(mask, 2), cfg, ref_logprobs=zeros)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(lp.grad).all()
     assert float(m["ratio_max"]) == pytest.approx(math.exp(20))
+
+
+def naive_gspo(lp, old, adv, mask, low, high):
+    """GSPO as the paper writes it: one ratio per sequence, s = (pi / pi_old)^(1/|y|), mean over sequences."""
+    terms = []
+    for i in range(mask.shape[0]):
+        n = int(mask[i].sum())
+        if n == 0:
+            continue
+        s = torch.exp((lp[i, :n] - old[i, :n]).sum() / n)
+        a = adv[i, 0]
+        terms.append(torch.maximum(-a * s, -a * s.clamp(1 - low, 1 + high)))
+    return torch.stack(terms).mean()
+
+
+def test_gspo_value_and_gradient_are_the_papers():
+    x = random_inputs(seed=4)
+    x["adv"][:, :] = x["adv"][:, :1]  # GSPO's advantage is one per sequence (also off the mask: unused)
+    cfg = AlgoConfig(loss="gspo", clip_ratio_low=0.05, clip_ratio_high=0.08)
+    lp = x["logprobs"].clone().requires_grad_()
+    loss, m = policy_loss(lp, x["old"], x["adv"], x["mask"], norm_of(x["mask"]), cfg)
+    loss.backward()
+    lp_ref = x["logprobs"].clone().requires_grad_()
+    want = naive_gspo(lp_ref, x["old"], x["adv"], x["mask"], 0.05, 0.08)
+    want.backward()
+    assert float(loss.detach()) == pytest.approx(float(want.detach()), rel=1e-10)
+    torch.testing.assert_close(lp.grad, lp_ref.grad * x["mask"], rtol=1e-10, atol=1e-12)
+    assert float(m["clip_frac_low"]) + float(m["clip_frac_high"]) > 0  # some sequences were clipped whole
+    assert lp.grad.abs().sum() > 0
+
+
+def test_cispo_keeps_the_gradient_of_clipped_tokens():
+    """PPO-clip drops a token whose ratio left the range in the advantage's direction; CISPO weights it by
+    the clipped ratio instead."""
+    lp = torch.tensor([[0.5, 0.0, -0.5]], dtype=torch.float64, requires_grad=True)  # ratios e^0.5, 1, e^-0.5
+    old, mask = torch.zeros(1, 3, dtype=torch.float64), torch.ones(1, 3, dtype=torch.float64)
+    adv = torch.tensor([[1.0, 1.0, -1.0]], dtype=torch.float64)
+    norm = norm_of(mask, 3)
+    grads = {}
+    for loss_name in ("grpo", "cispo"):
+        cfg = AlgoConfig(loss=loss_name, clip_ratio_low=0.2, clip_ratio_high=0.28)
+        lp.grad = None
+        loss, m = policy_loss(lp, old, adv, mask, norm, cfg)
+        loss.backward()
+        grads[loss_name] = lp.grad.clone()
+    assert grads["grpo"][0, 0] == 0 and grads["grpo"][0, 2] == 0  # both clipped out
+    # CISPO: d/dlp of -sg(clip(r)) A lp / tokens = -clip(r) A / 3
+    want = [-1.28 / 3, -1.0 / 3, 0.8 / 3]  # e^0.5 > 1.28 and e^-0.5 < 0.8: both weights clipped
+    assert grads["cispo"][0].tolist() == pytest.approx(want)
+    assert float(m["clip_frac_high"]) == pytest.approx(1 / 3) and float(m["clip_frac_low"]) == pytest.approx(1 / 3)

@@ -21,8 +21,8 @@ def test_reference_settings(rollout):
             assert batch.loss_mask[i, t] == float(mask[i, t])
             assert batch.advantages[i, t] == pytest.approx(float(adv[i]) if mask[i, t] else 0.0)
             assert batch.is_weights[i, t] == pytest.approx(2.0 if mask[i, t] else 0.0)
-    assert metrics["mismatch_abs_logp"] == pytest.approx(0.9)
-    assert metrics["rollout_is_mean"] == pytest.approx(2.0)
+    assert metrics["mismatch/abs_logp"] == pytest.approx(0.9)
+    assert metrics["mismatch/is_weight_mean"] == pytest.approx(2.0)
     assert batch.advantages[: rollout.group_size].abs().max() == 0  # all-equal group
 
 
@@ -30,7 +30,7 @@ def test_overlong_shaping_filter_and_kl_in_reward(rollout):
     old = old_logprobs_for(rollout)
     ref = old - 0.2
     cfg = AlgoConfig(advantage="drgrpo", overlong_buffer=2, overlong_penalty=0.5, overlong_filter=True,
-                     kl_coef=0.1, kl_estimator="k1", kl_in_reward=True, rollout_is="none")
+                     kl_coef=0.1, kl_estimator="k1", kl_in="reward", rollout_is="none")
     batch, _ = prepare_train_batch(rollout, old, cfg, max_response_len=6, ref_logprobs=ref)
     rewards = []
     for r, n in zip(rollout.rewards.tolist(), rollout.response_lens.tolist(), strict=True):

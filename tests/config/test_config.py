@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import typing
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,42 @@ def test_every_shipped_yaml_loads_and_round_trips(path, tmp_path):
     dump_yaml(cfg, tmp_path / "resolved.yaml")
     assert load_config(tmp_path / "resolved.yaml") == cfg
     assert to_dict(from_dict(Config, to_dict(cfg))) == to_dict(cfg)
+
+
+def _literal_options(cls: type, prefix: str = ""):
+    """(key path, value) of every choice a ``Literal`` field documents, in every section."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            yield from _literal_options(tp, f"{prefix}{f.name}.")
+        for lit in [tp, *typing.get_args(tp)]:
+            if typing.get_origin(lit) is typing.Literal:
+                yield from ((f"{prefix}{f.name}", v) for v in typing.get_args(lit))
+
+
+def _algorithm_options():
+    """Every registered loss with each advantage estimator it allows, with KL in the loss and in the reward."""
+    from megatron_grpo.algo import ADVANTAGE_ESTIMATORS, POLICY_LOSSES
+
+    for name, loss in POLICY_LOSSES.items():
+        for adv in loss.advantages or ADVANTAGE_ESTIMATORS:
+            for kl_in in ("loss", "reward"):
+                yield [f"algo.loss={name}", f"algo.advantage={adv}", "algo.kl_coef=0.01", f"algo.kl_in={kl_in}"]
+
+
+OPTIONS = [[f"{key}={value}"] for key, value in _literal_options(Config)] + list(_algorithm_options())
+
+
+@pytest.mark.parametrize("overrides", OPTIONS, ids=lambda o: ",".join(o))
+def test_every_documented_option_loads_on_the_default(overrides):
+    cfg = load_config(None, overrides)
+    key, value = overrides[0].split("=")
+    section, *path = key.split(".")
+    got = getattr(cfg, section)
+    for part in path:
+        got = getattr(got, part)
+    assert str(got).lower() == value.lower()
 
 
 def test_default_is_the_embedded_tiny_config():

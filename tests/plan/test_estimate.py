@@ -77,6 +77,24 @@ def test_tiny_model_numbers_by_hand():
     assert p.fits and "FITS" in format_plan(p)
 
 
+@pytest.mark.parametrize(("algo", "passes", "reference"), [
+    ({}, 3, False),
+    ({"ppo_epochs": 2}, 3 * 2 + 1, False),  # forward and backward twice, pi_old's forward once
+    ({"rollout_is_mask": True}, 4, False),  # masking needs pi_old before the loss (algo.is_on_policy)
+    ({"kl_coef": 0.1}, 4, True),  # the reference's forward
+    ({"kl_coef": 0.1, "kl_in": "reward"}, 5, True),  # ... and pi_old's, before the advantages
+])
+def test_extra_passes_and_the_kl_reference(algo, passes, reference):
+    base = _tiny_cfg()
+    cfg = dataclasses.replace(base, algo=dataclasses.replace(base.algo, **algo))
+    p = plan(cfg, TINY, nodes=1, gpus_per_node=2, gpu_mem_gb=1.0,
+             assume=Assumptions(mean_prompt_tokens=4, mean_response_tokens=6, reserve_gb=0))
+    n_mm, attn = 2 * 600 + 100 * 8, 2 * 2 * 4
+    assert p.throughput.train_flops == 8 * 10 * passes * (2 * n_mm + 4 * attn * 5)
+    assert p.reference_host == (p.train.params if reference else 0.0)
+    assert ("KL reference" in format_plan(p)) == reference
+
+
 def test_tiny_full_recompute_keeps_layer_inputs_and_one_layer():
     t = plan(_tiny_cfg(recompute="full"), TINY, 1, 2, 1.0).train
     assert t.activations == 2 * 8 * 10 * 2 and t.backward == (116 + 3 * 16) * 10 * 2

@@ -36,5 +36,8 @@ def test_dry_run_runs_every_part():
     assert all(t["tokens_per_s"] > 0 and t["mfu"] > 0 for t in by_check["throughput"])
     refit = by_check["refit"][0]
     assert refit["refit/checksum_ok"] == 1.0 and refit["rollout/logprob_abs_diff"] < 0.02
+    ref = by_check["reference"][0]  # the KL reference is the initial model; the policy comes back exact
+    assert ref["ref_vs_initial_max_abs"] == 0.0 and ref["policy_back_exact"] is True
+    assert ref["policy_moved_max_abs"] > 0 and ref["reference_gib"] > 0
     lent = by_check["ipc"][0]  # a bucket lent to a fresh process arrives whole (shared memory on CPU)
     assert lent["bytes_ok"] is True and lent["bucket_mb"] == 2 and lent["borrow_vs_memcpy"] > 0

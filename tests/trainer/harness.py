@@ -87,3 +87,11 @@ def mismatches(run_dir: Path, reference: list[dict]) -> list[str]:
         return [f"steps {[r['step'] for r in got]} != {[r['step'] for r in reference]}"]
     return [f"step {a['step']} {k}: {a[k]} != {b[k]}" for a, b in zip(got, reference, strict=True)
             for k in DETERMINISTIC if a[k] != b[k]]
+
+
+def learning(rows: list[dict], floor: float = 0.2) -> tuple[float, float, bool]:
+    """The tiny task's learning criterion: the last 10 steps' mean reward is >= ``floor`` and at least
+    twice the first 10 steps'. Returns (first, last, learned)."""
+    rewards = [r["reward/mean"] for r in rows]
+    first, last = sum(rewards[:10]) / 10, sum(rewards[-10:]) / 10
+    return first, last, last >= floor and last >= 2 * first

@@ -48,7 +48,7 @@ def test_one_step_sleeps_updates_wakes_and_refits_in_order(monkeypatch):
     monkeypatch.setattr(loop, "probe_trainer", fake("probe: trainer log-probs", object()))
     monkeypatch.setattr(loop, "refit", fake("refit", {}))
     monkeypatch.setattr(loop, "probe_engine", fake("probe: engine log-probs", {}))
-    run = types.SimpleNamespace(cfg=load_config(None), step=0, nonfinite_streak=0, policy=rec,
+    run = types.SimpleNamespace(cfg=load_config(None), step=0, nonfinite_streak=0, policy=rec, reference=None,
                                 engines=types.SimpleNamespace(local=rec), engine_dtype=None,
                                 colocation=Colocation(rec, rec, True))
     loop.train_step(run)
