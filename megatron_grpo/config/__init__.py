@@ -156,6 +156,10 @@ def _resolve_paths(data: dict, base: Path) -> dict:
             data[section][key] = fix(data[section][key])
     if isinstance(data.get("data"), dict) and isinstance(data["data"].get("train_files"), list):
         data["data"]["train_files"] = [fix(p) for p in data["data"]["train_files"]]
+    reward = data.get("reward")
+    if isinstance(reward, dict) and isinstance(reward.get("function"), str) and ":" in reward["function"]:
+        path, _, name = reward["function"].rpartition(":")  # file.py:name
+        reward["function"] = f"{fix(path)}:{name}"
     if isinstance(data.get("eval"), dict) and isinstance(data["eval"].get("sets"), list):
         for s in data["eval"]["sets"]:
             if isinstance(s, dict) and "path" in s:

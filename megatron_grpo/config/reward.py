@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from megatron_grpo.config.loader import ConfigError
@@ -33,10 +34,19 @@ class RewardConfig:
     """How grading processes start; never 'fork', which is unsafe in the threaded trainer process."""
     tail_chars: int = 4096
     """Only the last N characters of a response are searched for the answer (verl math_dapo: 300)."""
+    function: str | None = None
+    """Your own training reward, ``path/to/file.py:name``, with verl's signature ``name(data_source,
+    solution_str, ground_truth, extra_info=None) -> float | dict`` (``reward/user.py``; a dict holds
+    ``score`` and extra numbers to log). A path in a config file is relative to the file."""
+    on_error: Literal["incorrect", "abort"] = "incorrect"
+    """When a call of ``function`` hangs past ``timeout_s``, crashes its worker, raises or returns no number:
+    ``incorrect`` scores it ``incorrect_score`` and logs a warning naming the file and function; ``abort``
+    stops the run with that message. A file that does not import always stops the run at start."""
 
     def validate(self) -> None:
         _check_positive_limits(self)
         _check_scores(self)
+        _check_function(self)
 
 
 def _check_positive_limits(cfg: RewardConfig) -> None:
@@ -46,6 +56,16 @@ def _check_positive_limits(cfg: RewardConfig) -> None:
         raise ConfigError(f"tail_chars: must be >= 1, got {cfg.tail_chars}")
     if cfg.workers is not None and cfg.workers < 1:
         raise ConfigError(f"workers: must be >= 1, got {cfg.workers}")
+
+
+def _check_function(cfg: RewardConfig) -> None:
+    if cfg.function is None:
+        return
+    path, sep, name = cfg.function.rpartition(":")
+    if not sep or not path or not name.isidentifier():
+        raise ConfigError(f"function: '{cfg.function}' is not 'path/to/file.py:function_name'")
+    if not Path(path).is_file():
+        raise ConfigError(f"function: {path}: no such file")
 
 
 def _check_scores(cfg: RewardConfig) -> None:

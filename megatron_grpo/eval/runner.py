@@ -31,7 +31,7 @@ class Scorer(Protocol):
     """What ``grade_with`` needs of the reward's batch scorer (``megatron_grpo.reward``'s RewardScorer)."""
 
     def score(self, responses: Sequence[str], ground_truths: Sequence[str],
-              data_sources: str | Sequence[str], **overrides: object) -> list[float]: ...
+              data_sources: str | Sequence[str], *, use_function: bool = True, **overrides: object) -> list[float]: ...
 
 
 def grade_with(scorer: Scorer, correct_score: float = 1.0, data_source: str = "math",
@@ -40,7 +40,8 @@ def grade_with(scorer: Scorer, correct_score: float = 1.0, data_source: str = "m
     (reward.correct_score), graded in ``mode`` (reward.eval_mode). Every eval set is graded as
     ``data_source`` so set names need no registration."""
     def grade(responses: list[str], ground_truths: list[str]) -> list[bool]:
-        return [s >= correct_score for s in scorer.score(responses, ground_truths, data_source, mode=mode)]
+        scores = scorer.score(responses, ground_truths, data_source, use_function=False, mode=mode)
+        return [s >= correct_score for s in scores]
     return grade
 
 

@@ -35,6 +35,8 @@ StartMethod = Literal["forkserver", "spawn"]
 TIMEOUT = "timeout"
 CRASH = "crash"
 ERROR = "error"
+# a call's result: its float (or dict of floats), TIMEOUT / CRASH, or (ERROR, what it raised)
+Result = float | dict[str, float] | str | tuple[str, str]
 _READY = "ready"
 _MAX_CHUNK = 32
 _PRELOAD = ["megatron_grpo.reward"]
@@ -45,7 +47,7 @@ class Call:
     """One function call to run in a worker; ``fn`` must be a module-level function (pickled by name)."""
 
     key: int
-    fn: Callable[..., float]
+    fn: Callable[..., float | dict[str, float]]
     args: tuple[Any, ...]
     kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -55,7 +57,8 @@ def default_workers() -> int:
 
 
 class WorkerPool:
-    """``run(calls)`` returns, per call, its float result or ``TIMEOUT`` / ``CRASH`` / ``ERROR``."""
+    """``run(calls)`` returns, per call, its ``Result``: the float (or dict of floats) it returned, ``TIMEOUT``,
+    ``CRASH`` or ``(ERROR, "ExceptionType: message")``."""
 
     def __init__(
         self,
@@ -83,10 +86,10 @@ class WorkerPool:
     def pids(self) -> list[int]:
         return [w.process.pid for w in self._workers]
 
-    def run(self, calls: Sequence[Call]) -> dict[int, float | str]:
+    def run(self, calls: Sequence[Call]) -> dict[int, Result]:
         """Results keyed by ``Call.key``; every call gets one, whatever happens to the workers."""
         queue = deque(calls)
-        results: dict[int, float | str] = {}
+        results: dict[int, Result] = {}
         chunk = max(1, min(_MAX_CHUNK, math.ceil(len(queue) / (4 * self.size))))
         while queue or any(w.pending for w in self._workers):
             for worker in self._workers:
@@ -108,7 +111,7 @@ class WorkerPool:
         while not all(w.ready for w in self._workers):
             self._wait_for_progress(deque(), {})
 
-    def _wait_for_progress(self, queue: deque[Call], results: dict[int, float | str]) -> None:
+    def _wait_for_progress(self, queue: deque[Call], results: dict[int, Result]) -> None:
         """Block until a result arrives, a worker starts, or the earliest deadline passes; then act on it."""
         active = [w for w in self._workers if w.pending or not w.ready]
         deadlines = [w.started_at + self.timeout_s for w in active if w.pending]
@@ -124,7 +127,7 @@ class WorkerPool:
                 self._replace(worker, outcome, queue, results)
 
     def _replace(
-        self, worker: _Worker, outcome: str, queue: deque[Call], results: dict[int, float | str]
+        self, worker: _Worker, outcome: str, queue: deque[Call], results: dict[int, Result]
     ) -> None:
         """Report the worker's current call as ``outcome``, requeue the rest of its chunk, start a new one."""
         if worker.pending:
@@ -159,7 +162,7 @@ class _Worker:
         except OSError:  # the worker died since its last result: drain() reports CRASH and it is replaced
             pass
 
-    def drain(self, results: dict[int, float | str]) -> str | None:
+    def drain(self, results: dict[int, Result]) -> str | None:
         """Read every available message; ``CRASH`` when the process is gone, else ``None``."""
         try:
             while self.conn.poll():
@@ -221,7 +224,8 @@ def _serve(conn: Connection) -> None:
             return
         for fn, args, kwargs in batch:
             try:
-                result: float | str = float(fn(*args, **kwargs))
-            except Exception:  # a buggy reward function must not take the worker down
-                result = ERROR
+                value = fn(*args, **kwargs)
+                result: Result = value if isinstance(value, dict) else float(value)
+            except Exception as exc:  # a buggy reward function must not take the worker down
+                result = (ERROR, f"{type(exc).__name__}: {exc}"[:500])
             conn.send(result)

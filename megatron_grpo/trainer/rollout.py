@@ -161,8 +161,12 @@ def _batch_metrics(batch: RolloutBatch) -> dict[str, float]:
 
 
 def _reward_stats(stats: list[dict[str, float]]) -> dict[str, float]:
-    """Grader counters summed over ranks (timeouts, crashes, errors); seconds is the slowest rank's."""
+    """Grader counters summed over ranks (timeouts, crashes, errors); seconds is the slowest rank's; a user
+    reward's extra keys are the mean of the ranks' means (ranks score equal shares of the batch)."""
     keys = ("reward/timeouts", "reward/worker_crashes", "reward/errors")
     out = {k: sum(s.get(k, 0.0) for s in stats) for k in keys}
     out["reward/seconds"] = max((s.get("reward/seconds", 0.0) for s in stats), default=0.0)
+    for key in {k for s in stats for k in s if k.startswith("reward/extra/")}:
+        values = [s[key] for s in stats if key in s]
+        out[key] = sum(values) / len(values)
     return out

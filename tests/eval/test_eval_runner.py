@@ -79,11 +79,12 @@ def test_k_above_samples_is_refused(eval_sets):
 
 class FakeScorer:
     def __init__(self):
-        self.sources, self.modes = [], []
+        self.sources, self.modes, self.functions = [], [], []
 
-    def score(self, responses, ground_truths, data_sources, mode):
+    def score(self, responses, ground_truths, data_sources, use_function, mode):
         self.sources.append(data_sources)
         self.modes.append(mode)
+        self.functions.append(use_function)
         return [1.0 if r.endswith(f"{{{t}}}") else -1.0 for r, t in zip(responses, ground_truths, strict=True)]
 
 
@@ -92,6 +93,7 @@ def test_grade_with_a_reward_scorer():
     grade = grade_with(scorer, correct_score=1.0)
     assert grade(["\\boxed{3}", "\\boxed{4}", "none"], ["3", "3", "3"]) == [True, False, False]
     assert scorer.sources == ["math"] and scorer.modes == ["lenient"]  # evaluation grades leniently by default
+    assert scorer.functions == [False]  # and with the math checker, never a user reward function
 
 
 class OracleEngine:
