@@ -232,3 +232,23 @@ def test_cispo_keeps_the_gradient_of_clipped_tokens():
     want = [-1.28 / 3, -1.0 / 3, 0.8 / 3]  # e^0.5 > 1.28 and e^-0.5 < 0.8: both weights clipped
     assert grads["cispo"][0].tolist() == pytest.approx(want)
     assert float(m["clip_frac_high"]) == pytest.approx(1 / 3) and float(m["clip_frac_low"]) == pytest.approx(1 / 3)
+
+
+def test_cispo_matches_naive():
+    x = random_inputs(seed=5)
+    cfg = AlgoConfig(loss="cispo", clip_ratio_high=0.28)
+    lp = x["logprobs"].clone().requires_grad_()
+    loss, _ = policy_loss(lp, x["old"], x["adv"], x["mask"], norm_of(x["mask"]), cfg, is_weights=x["is_w"])
+    loss.backward()
+    tokens = float(x["mask"].sum())
+    want, grad = 0.0, torch.zeros_like(lp)
+    for i in range(x["mask"].shape[0]):
+        for t in range(L):
+            if x["mask"][i, t]:
+                log_r = min(max((x["logprobs"][i, t] - x["old"][i, t]).item(), -20), 20)
+                w = min(math.exp(log_r), 1.28)  # no lower bound
+                coef = -x["is_w"][i, t].item() * w * x["adv"][i, t].item() / tokens
+                want += coef * x["logprobs"][i, t].item()
+                grad[i, t] = coef
+    assert float(loss.detach()) == pytest.approx(want, rel=1e-10)
+    torch.testing.assert_close(lp.grad, grad, rtol=1e-10, atol=1e-12)

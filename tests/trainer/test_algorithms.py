@@ -2,8 +2,8 @@
 update, dynamic sampling and overlong shaping, through the real trainer on the embedded tiny task.
 
 GRPO+KL, GSPO and Dr.GRPO must learn it by the default run's criterion (80 steps); the other paths run a few
-steps, where learning is not the point. The runs are independent single processes, so they share one
-fixture and run side by side (each uses one thread).
+steps, where learning is not the point. The runs are independent single processes in the trainer tests'
+lane (harness.Lane): they run side by side, each on one thread.
 
 The tiny task's answer is one token, so sequence-level losses see one-token sequences: GSPO's sequence
 ratio is its token's ratio there. The off-policy run and the multi-token run below exercise the rest.
@@ -11,8 +11,8 @@ ratio is its token's ratio there. The off-policy run and the multi-token run bel
 
 from __future__ import annotations
 
+import functools
 import math
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -40,33 +40,31 @@ RUNS = {
 }
 
 
-def _stop_and_resume(run_dir: Path) -> tuple[int, str]:
+def _run(overrides: list[str], run_dir: Path) -> tuple[Path, int, str]:
+    proc = train(run_dir, *overrides, timeout=900)
+    return run_dir, proc.returncode, proc.stderr
+
+
+def _stop_and_resume(run_dir: Path) -> tuple[Path, int, str]:
     """GRPO+KL stopped (SIGTERM, checkpoint) after step 2 and resumed to step 5."""
     overrides = ["trainer.max_steps=80", "checkpoint.save_freq=0", "trainer.test_freq=0", *KL]
     code, err = stop_with_sigterm(run_dir, overrides)
     if code != EXIT_REQUEUE:
-        return code, err
-    proc = train(run_dir, *[o for o in overrides if not o.startswith("trainer.max_steps")], "trainer.max_steps=5")
-    return proc.returncode, proc.stderr
+        return run_dir, code, err
+    return _run([*[o for o in overrides if not o.startswith("trainer.max_steps")], "trainer.max_steps=5"], run_dir)
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, tuple[Path, int, str]]:
-    root = tmp_path_factory.mktemp("algorithms")
+LANE = {**{f"algorithms.{name}": functools.partial(_run, overrides) for name, overrides in RUNS.items()},
+        "algorithms.kl_resumed": _stop_and_resume}
 
-    def one(name: str) -> tuple[Path, int, str]:
-        if name == "kl_resumed":
-            return root / name, *_stop_and_resume(root / name)
-        proc = train(root / name, *RUNS[name], timeout=900)
-        return root / name, proc.returncode, proc.stderr
 
-    names = [*RUNS, "kl_resumed"]
-    with ThreadPoolExecutor(max_workers=len(names)) as pool:
-        return dict(zip(names, pool.map(one, names), strict=True))
+@pytest.fixture
+def runs(lane):
+    return lambda name: lane.result(f"algorithms.{name}")
 
 
 def _rows(runs, name: str) -> list[dict]:
-    run_dir, code, err = runs[name]
+    run_dir, code, err = runs(name)
     assert code == 0, err[-3000:]
     rows = read_metrics(run_dir)
     for row in rows:  # every logged value is finite
@@ -79,33 +77,37 @@ ALGO_METRICS = ("actor/pg_loss", "actor/clip_frac_low", "actor/clip_frac_high", 
                 "actor/ratio_max", "algo/adv_abs_mean", "actor/grad_norm")
 
 
-@pytest.mark.parametrize("name", ["grpo_kl", "gspo", "drgrpo"])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.lane(f"algorithms.{n}"))
+                                  for n in ("grpo_kl", "gspo", "drgrpo")])
 def test_loss_learns_the_tiny_task(runs, name):
     rows = _rows(runs, name)
     first, last, learned = learning(rows)
     assert len(rows) == 80 and learned, (name, first, last)
     for key in ALGO_METRICS:
         assert key in rows[-1], key
-    config = (runs[name][0] / "config.yaml").read_text()  # the resolved config says what ran
+    config = (runs(name)[0] / "config.yaml").read_text()  # the resolved config says what ran
     want = {"grpo_kl": "kl_coef: 0.04", "gspo": "loss_agg_mode: seq-mean-token-mean",
             "drgrpo": "advantage: drgrpo"}[name]
     assert want in config
 
 
+@pytest.mark.lane("algorithms.grpo_kl")
 def test_kl_is_zero_at_the_start_then_grows(runs):
     kl = [r["actor/kl_loss"] for r in _rows(runs, "grpo_kl")]
     assert abs(kl[0]) < 1e-9  # the policy starts as the reference
     assert max(kl[-10:]) > 1e-4 and all(k >= 0 for k in kl)  # k3 is never negative
 
 
+@pytest.mark.lane("algorithms.kl_resumed", "algorithms.grpo_kl")
 def test_a_resumed_kl_run_keeps_the_initial_reference(runs):
     """Rebuilt from the checkpoint the reference would equal the policy (KL 0 at the first resumed step)."""
     rows = _rows(runs, "kl_resumed")
     reference = _rows(runs, "grpo_kl")[:5]
-    assert mismatches(runs["kl_resumed"][0], reference) == []
+    assert mismatches(runs("kl_resumed")[0], reference) == []
     assert [r["actor/kl_loss"] for r in rows] == [r["actor/kl_loss"] for r in reference]
 
 
+@pytest.mark.lane("algorithms.off_policy")
 def test_off_policy_update_clips(runs):
     rows = _rows(runs, "off_policy")
     assert all(r["actor/updates"] == 8 and r["actor/on_policy"] == 0.0 for r in rows)
@@ -113,6 +115,7 @@ def test_off_policy_update_clips(runs):
     assert all("mismatch/abs_logp" in r for r in rows)  # pi_old from the trainer's own forward pass
 
 
+@pytest.mark.lane("algorithms.cispo_rloo_kl_reward")
 def test_cispo_rloo_kl_in_reward_dynamic_sampling_and_overlong_shaping_run(runs):
     rows = _rows(runs, "cispo_rloo_kl_reward")
     assert len(rows) == 3

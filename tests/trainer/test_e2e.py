@@ -1,9 +1,13 @@
 """The trainer end to end on the embedded tiny default, through the real CLI in subprocesses:
 learning, exact resume after kill -9, SIGTERM save-and-exit, two ranks = 1 process (policy DP2/TP2, one
-TP-2 engine in or beside them), NaN handling."""
+TP-2 engine in or beside them), NaN handling, a user's reward function by path.
+
+The single-process runs are in the trainer tests' lane (harness.Lane): they start together, and each test
+waits for its own."""
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -26,14 +30,75 @@ from tests.trainer.harness import (
 
 pytestmark = pytest.mark.slow
 
+KILL9 = ["trainer.max_steps=6", "checkpoint.save_freq=2", "checkpoint.keep_last=2"]
+TWO_VS_ONE = ["trainer.max_steps=3", "checkpoint.save_freq=0", "trainer.test_freq=3"]
+BAD_CONFIGS = [
+    ("optim.lrr=1e-3", "unknown key 'optim.lrr' (did you mean 'lr'?)"),
+    ("data.train_files=[/nonexistent/train.parquet]", "/nonexistent/train.parquet"),
+    (f"model.tokenizer={REPO.parent / 'shared/data/tokenizer/qwen3'}", "tokens but the model's vocab_size is 16"),
+]
+USER_REWARD = """
+def score(data_source, solution_str, ground_truth, extra_info=None):
+    correct = solution_str.strip().startswith(ground_truth)
+    return {"score": float(correct), "answered": float(solution_str.strip()[:1].isdigit())}
+"""
+
+
+def _kill9(run_dir: Path) -> tuple[subprocess.CompletedProcess, int]:
+    reference = train(run_dir / "reference", *KILL9)
+    return reference, kill_and_resume(run_dir / "killed", KILL9, kills=2, last_step=6)
+
+
+def _killed_before_first_checkpoint(run_dir: Path) -> subprocess.CompletedProcess:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.jsonl").write_text(json.dumps({"step": 1, "reward/mean": -1.0}) + '\n{"step": 2, "rew')
+    return train(run_dir, "trainer.max_steps=2", "checkpoint.save_freq=0")
+
+
+def _validation_then_eval(run_dir: Path) -> tuple[subprocess.CompletedProcess, subprocess.CompletedProcess]:
+    proc = train(run_dir, "trainer.max_steps=2", "trainer.test_freq=2", "checkpoint.save_freq=2",
+                 "trainer.val_before_train=true")
+    evaluated = subprocess.run([sys.executable, "-m", "megatron_grpo", "eval", "--ckpt", str(run_dir / "checkpoints"),
+                                "--out", str(run_dir / "report"), f"trainer.run_dir={run_dir / 'eval_run'}", *QUIET],
+                               env=env(), capture_output=True, text=True, timeout=600, cwd=REPO)
+    return proc, evaluated
+
+
+def _user_reward(run_dir: Path) -> subprocess.CompletedProcess:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "my_reward.py").write_text(USER_REWARD)
+    return train(run_dir, "trainer.max_steps=2", "checkpoint.save_freq=0", "trainer.test_freq=2",
+                 f"reward.function={run_dir / 'my_reward.py'}:score")
+
+
+LANE = {
+    "e2e.learn": lambda d: train(d, "trainer.max_steps=80", "checkpoint.save_freq=0"),
+    "e2e.kill9": _kill9,
+    "e2e.killed_before_first_checkpoint": _killed_before_first_checkpoint,
+    "e2e.sigterm": lambda d: stop_with_sigterm(d, ["trainer.max_steps=200", "checkpoint.save_freq=0"]),
+    "e2e.one_process": lambda d: train(d, *TWO_VS_ONE, "parallel.tensor=1"),
+    "e2e.nan_skip": lambda d: train(d, "trainer.max_steps=3", "checkpoint.save_freq=0", nan_steps="2"),
+    "e2e.nan_abort": lambda d: train(d, "trainer.max_steps=6", "checkpoint.save_freq=0",
+                                     "trainer.max_consecutive_nonfinite=2", nan_steps="2,3"),
+    **{f"e2e.bad_config.{i}": functools.partial(lambda o, d: train(d, o, timeout=300), override)
+       for i, (override, _) in enumerate(BAD_CONFIGS)},
+    "e2e.validation": _validation_then_eval,
+    "e2e.user_reward": _user_reward,
+}
+
+
+def _dir(lane, name: str) -> Path:
+    return lane.root / name
+
 
 def _series(run_dir: Path, key: str) -> list[float]:
     return [row[key] for row in read_metrics(run_dir)]
 
 
-def test_tiny_default_learns(tmp_path):
+@pytest.mark.lane("e2e.learn")
+def test_tiny_default_learns(lane):
     """A shorter version of the README run (bench/learn.py runs the full 300 steps): a clear rise."""
-    proc = train(tmp_path, "trainer.max_steps=80", "checkpoint.save_freq=0")
+    proc, tmp_path = lane.result("e2e.learn"), _dir(lane, "e2e.learn")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_metrics(tmp_path)
     first, last, learned = learning(rows)
@@ -47,35 +112,36 @@ def test_tiny_default_learns(tmp_path):
     assert (tmp_path / "config.yaml").is_file() and json.loads((tmp_path / "versions.json").read_text())["torch"]
 
 
-def test_kill9_at_random_points_then_resume_is_exact(tmp_path):
+@pytest.mark.lane("e2e.kill9")
+def test_kill9_at_random_points_then_resume_is_exact(lane):
     """Two random kill points per run (bench/resume.py sweeps many more, outside the suite's budget)."""
-    overrides = ["trainer.max_steps=6", "checkpoint.save_freq=2", "checkpoint.keep_last=2"]
-    proc = train(tmp_path / "reference", *overrides)
+    proc, kills = lane.result("e2e.kill9")
+    tmp_path = _dir(lane, "e2e.kill9")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert kill_and_resume(tmp_path / "killed", overrides, kills=2, last_step=6) == 2
+    assert kills == 2
     assert mismatches(tmp_path / "killed", read_metrics(tmp_path / "reference")) == []
 
 
-def test_metrics_of_a_run_killed_before_its_first_checkpoint_are_replaced(tmp_path):
+@pytest.mark.lane("e2e.killed_before_first_checkpoint")
+def test_metrics_of_a_run_killed_before_its_first_checkpoint_are_replaced(lane):
     """Killed before any checkpoint: the restart begins at step 0 and must not keep the dead run's lines
     (including one cut short mid-write)."""
-    tmp_path.mkdir(exist_ok=True)
-    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "reward/mean": -1.0}) + '\n{"step": 2, "rew')
-    proc = train(tmp_path, "trainer.max_steps=2", "checkpoint.save_freq=0")
+    proc = lane.result("e2e.killed_before_first_checkpoint")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = read_metrics(tmp_path)
+    rows = read_metrics(_dir(lane, "e2e.killed_before_first_checkpoint"))
     assert [r["step"] for r in rows] == [1, 2] and rows[0]["reward/mean"] >= 0.0
 
 
-def test_sigterm_saves_checkpoint_and_exits_for_requeue(tmp_path):
-    code, err = stop_with_sigterm(tmp_path, ["trainer.max_steps=200", "checkpoint.save_freq=0"])
+@pytest.mark.lane("e2e.sigterm")
+def test_sigterm_saves_checkpoint_and_exits_for_requeue(lane):
+    code, err = lane.result("e2e.sigterm")
+    tmp_path = _dir(lane, "e2e.sigterm")
     assert code == EXIT_REQUEUE, err[-3000:]
     last = read_metrics(tmp_path)[-1]["step"]
     assert last < 200
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == f"step_{last}"
 
 
-TWO_VS_ONE = ["trainer.max_steps=3", "checkpoint.save_freq=0", "trainer.test_freq=3"]
 LAYOUTS = {  # two ranks: the policy's layout, and where their engines run
     "tp2": ["parallel.tensor=2"],  # two TP-1 engines
     "engine_tp2": ["rollout.tensor_parallel=2"],  # a DP-2 policy; the two ranks are one TP-2 engine's workers
@@ -83,14 +149,14 @@ LAYOUTS = {  # two ranks: the policy's layout, and where their engines run
 }
 
 
-@pytest.fixture(scope="module")
-def one_process(tmp_path_factory) -> list[dict]:
-    run_dir = tmp_path_factory.mktemp("one")
-    proc = train(run_dir, *TWO_VS_ONE, "parallel.tensor=1")
+@pytest.fixture
+def one_process(lane) -> list[dict]:
+    proc = lane.result("e2e.one_process")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return read_metrics(run_dir)
+    return read_metrics(_dir(lane, "e2e.one_process"))
 
 
+@pytest.mark.lane("e2e.one_process")
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_two_processes_match_one(tmp_path, one_process, layout):
     """Prompt i of a step is seeded as prompt i on whichever engine it lands, so every layout draws the
@@ -110,31 +176,29 @@ def test_two_processes_match_one(tmp_path, one_process, layout):
     assert evals[0] and evals[1] == evals[0]
 
 
-def test_nan_steps_are_skipped_then_abort(tmp_path):
-    proc = train(tmp_path / "skip", "trainer.max_steps=3", "checkpoint.save_freq=0", nan_steps="2")
+@pytest.mark.lane("e2e.nan_skip", "e2e.nan_abort")
+def test_nan_steps_are_skipped_then_abort(lane):
+    proc = lane.result("e2e.nan_skip")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert _series(tmp_path / "skip", "actor/nonfinite_skipped") == [0.0, 1.0, 0.0]
-    proc = train(tmp_path / "abort", "trainer.max_steps=6", "checkpoint.save_freq=0",
-                  "trainer.max_consecutive_nonfinite=2", nan_steps="2,3")
+    assert _series(_dir(lane, "e2e.nan_skip"), "actor/nonfinite_skipped") == [0.0, 1.0, 0.0]
+    proc = lane.result("e2e.nan_abort")
     assert proc.returncode != 0
     assert "2 consecutive steps with NaN/Inf" in proc.stderr
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("optim.lrr=1e-3", "unknown key 'optim.lrr' (did you mean 'lr'?)"),
-    ("data.train_files=[/nonexistent/train.parquet]", "/nonexistent/train.parquet"),
-    (f"model.tokenizer={REPO.parent / 'shared/data/tokenizer/qwen3'}", "tokens but the model's vocab_size is 16"),
-])
-def test_bad_config_fails_before_heavy_work(tmp_path, override, message):
-    proc = train(tmp_path, override, timeout=300)
+@pytest.mark.parametrize("case", [pytest.param(i, marks=pytest.mark.lane(f"e2e.bad_config.{i}"), id=override)
+                                  for i, (override, _) in enumerate(BAD_CONFIGS)])
+def test_bad_config_fails_before_heavy_work(lane, case):
+    proc = lane.result(f"e2e.bad_config.{case}")
     assert proc.returncode != 0
-    assert message in proc.stderr
-    assert not (tmp_path / "engine_model").exists()  # neither engine nor policy was built
+    assert BAD_CONFIGS[case][1] in proc.stderr
+    assert not (_dir(lane, f"e2e.bad_config.{case}") / "engine_model").exists()  # no engine or policy was built
 
 
-def test_validation_during_training_and_eval_command(tmp_path):
-    proc = train(tmp_path, "trainer.max_steps=2", "trainer.test_freq=2", "checkpoint.save_freq=2",
-                 "trainer.val_before_train=true")
+@pytest.mark.lane("e2e.validation")
+def test_validation_during_training_and_eval_command(lane):
+    proc, evaluated = lane.result("e2e.validation")
+    tmp_path = _dir(lane, "e2e.validation")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_metrics(tmp_path)
     assert [r["step"] for r in rows] == [0, 1, 2]
@@ -144,11 +208,17 @@ def test_validation_during_training_and_eval_command(tmp_path):
     assert 0.0 <= row["eval/tiny_arith/mean@8"] <= 1.0
     assert row["eval/tiny_arith/maj@8"] > 0.0  # bare-digit answers vote through the reward's fallback
     assert (tmp_path / "eval" / "step_000002.md").is_file()
-    out = tmp_path / "report"
-    proc = subprocess.run([sys.executable, "-m", "megatron_grpo", "eval", "--ckpt", str(tmp_path / "checkpoints"),
-                           "--out", str(out), f"trainer.run_dir={tmp_path / 'eval_run'}", *QUIET],
-                          env=env(), capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     # the checkpoint's weights, evaluated through the refit, give the same mean@8 as in training
-    report = json.loads((out / "eval.json").read_text())["metrics"]
+    report = json.loads((tmp_path / "report" / "eval.json").read_text())["metrics"]
     assert report["per_set"]["tiny_arith"]["mean@8"] == row["eval/tiny_arith/mean@8"]
+
+
+@pytest.mark.lane("e2e.user_reward")
+def test_a_user_reward_function_trains_and_its_extra_keys_are_logged(lane):
+    """reward.function by path: training is graded by it, validation still by the math checker."""
+    proc = lane.result("e2e.user_reward")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_metrics(_dir(lane, "e2e.user_reward"))
+    assert len(rows) == 2 and all(0.0 <= r["reward/extra/answered"] <= 1.0 for r in rows)
+    assert rows[-1]["reward/errors"] == 0.0 and "eval/tiny_arith/mean@8" in rows[-1]

@@ -12,10 +12,16 @@ from tests.trainer.harness import REPO, learning, train
 MOE = REPO / "configs" / "tiny_moe_cpu.yaml"
 
 
-def test_tiny_moe_learns(tmp_path):
-    proc = train(tmp_path, "trainer.max_steps=80", "checkpoint.save_freq=0", "trainer.test_freq=0", config=MOE)
+# in the trainer tests' lane (harness.Lane), beside the other single-process runs
+LANE = {"moe.learn": lambda d: train(d, "trainer.max_steps=80", "checkpoint.save_freq=0", "trainer.test_freq=0",
+                                     config=MOE)}
+
+
+@pytest.mark.lane("moe.learn")
+def test_tiny_moe_learns(lane):
+    proc = lane.result("moe.learn")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = read_metrics(tmp_path)
+    rows = read_metrics(lane.root / "moe.learn")
     first, last, learned = learning(rows, floor=0.12)
     assert len(rows) == 80 and learned, (first, last)
     assert all(row["refit/checksum_ok"] == 1.0 for row in rows)
