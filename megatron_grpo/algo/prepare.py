@@ -14,14 +14,17 @@ from megatron_grpo.config.algo import AlgoConfig
 
 
 def shaped_rewards(rollout: RolloutBatch, cfg: AlgoConfig, max_response_len: int,
-                   old_logprobs: Tensor | None = None, ref_logprobs: Tensor | None = None) -> Tensor:
-    """Outcome reward + DAPO overlong penalty - the KL penalty (when the KL is in the reward)."""
+                   kl_penalty: Tensor | None = None) -> Tensor:
+    """Outcome reward + DAPO overlong penalty - ``kl_penalty`` (``kl_reward_penalty``; only, and always, when
+    the KL is in the reward)."""
     rewards = rollout.rewards.to(torch.float64)
     if cfg.overlong_buffer:
         rewards = rewards + overlong_penalty(rollout.response_lens, max_response_len, cfg.overlong_buffer,
                                              cfg.overlong_penalty)
     if cfg.kl_coef > 0 and cfg.kl_in == "reward":
-        rewards = rewards - kl_reward_penalty(rollout, cfg, old_logprobs, ref_logprobs)
+        if kl_penalty is None:
+            raise ValueError("the KL in the reward needs kl_penalty (kl_reward_penalty)")
+        rewards = rewards - kl_penalty
     return rewards
 
 
@@ -43,7 +46,9 @@ def prepare_train_batch(rollout: RolloutBatch, old_logprobs: Tensor, cfg: AlgoCo
     was sampled with (PPO's pi_old); ``ref_logprobs`` only when ``kl_coef > 0``.
     """
     mask = rollout.response_mask
-    rewards = shaped_rewards(rollout, cfg, max_response_len, old_logprobs, ref_logprobs)
+    kl_in_reward = cfg.kl_coef > 0 and cfg.kl_in == "reward"
+    penalty = kl_reward_penalty(rollout, cfg, old_logprobs, ref_logprobs) if kl_in_reward else None
+    rewards = shaped_rewards(rollout, cfg, max_response_len, penalty)
     adv = group_advantages(rewards, rollout.group_size, cfg.advantage, cfg.adv_eps) * cfg.outcome_weight
     if cfg.overlong_filter:
         mask = mask & ~rollout.truncated[:, None]
@@ -55,8 +60,8 @@ def prepare_train_batch(rollout: RolloutBatch, old_logprobs: Tensor, cfg: AlgoCo
         rewards.mean()), "algo/adv_abs_mean": float(adv.abs().mean())})
     if cfg.overlong_filter:
         metrics["algo/overlong_masked"] = float(rollout.truncated.sum())
-    if cfg.kl_coef > 0 and cfg.kl_in == "reward":
-        metrics["algo/kl_reward_penalty"] = float(kl_reward_penalty(rollout, cfg, old_logprobs, ref_logprobs).mean())
+    if penalty is not None:
+        metrics["algo/kl_reward_penalty"] = float(penalty.mean())
     batch = TrainBatch(
         input_ids=rollout.input_ids, prompt_lens=rollout.prompt_lens, response_lens=rollout.response_lens,
         loss_mask=loss_mask, advantages=broadcast_to_tokens(adv.to(old_logprobs.dtype), loss_mask),

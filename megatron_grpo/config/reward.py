@@ -58,12 +58,22 @@ def _check_positive_limits(cfg: RewardConfig) -> None:
         raise ConfigError(f"workers: must be >= 1, got {cfg.workers}")
 
 
+def split_function(spec: str) -> tuple[str, str]:
+    """``"dir/file.py:name"`` -> (path, name); a path without ``:name`` is refused (verl's default name
+    differs by version)."""
+    path, sep, name = spec.rpartition(":")
+    if not sep or not path or not name.isidentifier():
+        raise ValueError(f"'{spec}' is not 'path/to/file.py:function_name'")
+    return path, name
+
+
 def _check_function(cfg: RewardConfig) -> None:
     if cfg.function is None:
         return
-    path, sep, name = cfg.function.rpartition(":")
-    if not sep or not path or not name.isidentifier():
-        raise ConfigError(f"function: '{cfg.function}' is not 'path/to/file.py:function_name'")
+    try:
+        path, _ = split_function(cfg.function)
+    except ValueError as exc:
+        raise ConfigError(f"function: {exc}") from None
     if not Path(path).is_file():
         raise ConfigError(f"function: {path}: no such file")
 

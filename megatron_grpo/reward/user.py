@@ -25,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from megatron_grpo.config.reward import split_function
+
 
 class RewardFunctionError(RuntimeError):
     """The user's reward function cannot be loaded, or (``reward.on_error: abort``) a call of it failed."""
@@ -41,11 +43,7 @@ class UserFunction:
 
     @staticmethod
     def parse(spec: str) -> UserFunction:
-        """``"dir/file.py:name"``; a path without ``:name`` is refused (verl's default name differs by version)."""
-        path, sep, name = spec.rpartition(":")
-        if not sep or not path or not name.isidentifier():
-            raise ValueError(f"'{spec}' is not 'path/to/file.py:function_name'")
-        return UserFunction(path, name)
+        return UserFunction(*split_function(spec))
 
 
 _LOADED: dict[tuple[str, str], Callable] = {}

@@ -87,10 +87,6 @@ LANE = {
 }
 
 
-def _dir(lane, name: str) -> Path:
-    return lane.root / name
-
-
 def _series(run_dir: Path, key: str) -> list[float]:
     return [row[key] for row in read_metrics(run_dir)]
 
@@ -98,7 +94,7 @@ def _series(run_dir: Path, key: str) -> list[float]:
 @pytest.mark.lane("e2e.learn")
 def test_tiny_default_learns(lane):
     """A shorter version of the README run (bench/learn.py runs the full 300 steps): a clear rise."""
-    proc, tmp_path = lane.result("e2e.learn"), _dir(lane, "e2e.learn")
+    proc, tmp_path = lane.result("e2e.learn"), lane.root / "e2e.learn"
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_metrics(tmp_path)
     first, last, learned = learning(rows)
@@ -116,7 +112,7 @@ def test_tiny_default_learns(lane):
 def test_kill9_at_random_points_then_resume_is_exact(lane):
     """Two random kill points per run (bench/resume.py sweeps many more, outside the suite's budget)."""
     proc, kills = lane.result("e2e.kill9")
-    tmp_path = _dir(lane, "e2e.kill9")
+    tmp_path = lane.root / "e2e.kill9"
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert kills == 2
     assert mismatches(tmp_path / "killed", read_metrics(tmp_path / "reference")) == []
@@ -128,14 +124,14 @@ def test_metrics_of_a_run_killed_before_its_first_checkpoint_are_replaced(lane):
     (including one cut short mid-write)."""
     proc = lane.result("e2e.killed_before_first_checkpoint")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = read_metrics(_dir(lane, "e2e.killed_before_first_checkpoint"))
+    rows = read_metrics(lane.root / "e2e.killed_before_first_checkpoint")
     assert [r["step"] for r in rows] == [1, 2] and rows[0]["reward/mean"] >= 0.0
 
 
 @pytest.mark.lane("e2e.sigterm")
 def test_sigterm_saves_checkpoint_and_exits_for_requeue(lane):
     code, err = lane.result("e2e.sigterm")
-    tmp_path = _dir(lane, "e2e.sigterm")
+    tmp_path = lane.root / "e2e.sigterm"
     assert code == EXIT_REQUEUE, err[-3000:]
     last = read_metrics(tmp_path)[-1]["step"]
     assert last < 200
@@ -153,7 +149,7 @@ LAYOUTS = {  # two ranks: the policy's layout, and where their engines run
 def one_process(lane) -> list[dict]:
     proc = lane.result("e2e.one_process")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return read_metrics(_dir(lane, "e2e.one_process"))
+    return read_metrics(lane.root / "e2e.one_process")
 
 
 @pytest.mark.lane("e2e.one_process")
@@ -180,7 +176,7 @@ def test_two_processes_match_one(tmp_path, one_process, layout):
 def test_nan_steps_are_skipped_then_abort(lane):
     proc = lane.result("e2e.nan_skip")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert _series(_dir(lane, "e2e.nan_skip"), "actor/nonfinite_skipped") == [0.0, 1.0, 0.0]
+    assert _series(lane.root / "e2e.nan_skip", "actor/nonfinite_skipped") == [0.0, 1.0, 0.0]
     proc = lane.result("e2e.nan_abort")
     assert proc.returncode != 0
     assert "2 consecutive steps with NaN/Inf" in proc.stderr
@@ -192,13 +188,13 @@ def test_bad_config_fails_before_heavy_work(lane, case):
     proc = lane.result(f"e2e.bad_config.{case}")
     assert proc.returncode != 0
     assert BAD_CONFIGS[case][1] in proc.stderr
-    assert not (_dir(lane, f"e2e.bad_config.{case}") / "engine_model").exists()  # no engine or policy was built
+    assert not (lane.root / f"e2e.bad_config.{case}" / "engine_model").exists()  # no engine or policy was built
 
 
 @pytest.mark.lane("e2e.validation")
 def test_validation_during_training_and_eval_command(lane):
     proc, evaluated = lane.result("e2e.validation")
-    tmp_path = _dir(lane, "e2e.validation")
+    tmp_path = lane.root / "e2e.validation"
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_metrics(tmp_path)
     assert [r["step"] for r in rows] == [0, 1, 2]
@@ -219,6 +215,6 @@ def test_a_user_reward_function_trains_and_its_extra_keys_are_logged(lane):
     """reward.function by path: training is graded by it, validation still by the math checker."""
     proc = lane.result("e2e.user_reward")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = read_metrics(_dir(lane, "e2e.user_reward"))
+    rows = read_metrics(lane.root / "e2e.user_reward")
     assert len(rows) == 2 and all(0.0 <= r["reward/extra/answered"] <= 1.0 for r in rows)
     assert rows[-1]["reward/errors"] == 0.0 and "eval/tiny_arith/mean@8" in rows[-1]
