@@ -109,31 +109,31 @@ def test_two_node_job_trains_across_both_nodes(reference):
     assert all(p.read_text().strip() == "0" for p in codes.iterdir())
 
 
-@pytest.mark.parametrize("how", ["time_limit_warning", "scancel_usr1_batch"])
-def test_preemption_saves_requeues_and_resumes_exactly(tmp_path, reference, how):
-    """The warning (Slurm's own, from ``--signal=B:USR1@120`` and a 2-minute limit: sent at Slurm's first
-    time-limit check, within about 30 s) or ``scancel --signal=USR1 --batch``: the trainers save within the
-    grace period, the job requeues itself, and the restarted job ends with the metrics of the
-    uninterrupted run. The first start's trainers wait for the request (after_stop_request.sh): a tiny
-    step takes under a second, and the run would otherwise be over before Slurm's timer fires."""
+def test_preempted_by_scancel_then_by_the_time_limit_warning_resumes_exactly(tmp_path, reference):
+    """One job pre-empted twice: by ``scancel --signal=USR1 --batch`` on its first start, then by Slurm's own
+    warning (``--signal=B:USR1@120``) on the second, whose limit the test lowers to 2 minutes (sent at Slurm's
+    first time-limit check, within about 30 s). Each time the trainers save within the grace period and the
+    job requeues itself; the third start ends with the metrics of the uninterrupted run. The first two starts'
+    trainers wait for the request (after_stop_request.sh): a tiny step takes under a second, and the run
+    would otherwise be over before the request."""
     run = tmp_path / "run"
-    options = ("--nodes=2", "--time=2", "--signal=B:USR1@120") if how == "time_limit_warning" else ("--nodes=2",)
     job_id = sbatch(tmp_path, "train.sbatch", "configs/tiny_cpu.yaml", f"trainer.run_dir={run}", *RUN,
-                    options=options,
+                    options=("--nodes=2", "--time=30", "--signal=B:USR1@120"), STOPPED_STARTS="2",
                     MEGATRON_GRPO_CMD=f"bash {HERE / 'after_stop_request.sh'} {sys.executable} -m megatron_grpo")
-    if how == "scancel_usr1_batch":
-        wait_until(tmp_path, job_id, lambda: (run / "slurm").is_dir())  # the batch script's traps are set
-        subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True)
+    wait_until(tmp_path, job_id, lambda: (run / "slurm").is_dir())  # the batch script's traps are set
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True)
     wait_until(tmp_path, job_id, lambda: job(job_id)["Restarts"] != "0")
-    # The restarted job gets a time limit it will not meet, or it would be warned again after its first step.
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "TimeLimit=2"], check=True)
+    wait_until(tmp_path, job_id, lambda: job(job_id)["Restarts"] == "2")
+    # The last start gets a time limit it will not meet, or it would be warned again after its first step.
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "TimeLimit=30"], check=True)
     info = wait_for(tmp_path, job_id)
     log = output(tmp_path)
-    assert (info["JobState"], info["Restarts"]) == ("COMPLETED", "1"), log
-    assert "got SIGUSR1, asking the trainers to save and stop" in log and "stop requested (stop file" in log, log
-    assert f"requeued job {job_id}" in log, log
-    first, second = sorted((run / "slurm").iterdir())
-    assert (first / "rank-0").read_text().strip() == "75" and (second / "rank-0").read_text().strip() == "0"
+    assert (info["JobState"], info["Restarts"]) == ("COMPLETED", "2"), log
+    assert log.count("got SIGUSR1, asking the trainers to save and stop") == 2, log
+    assert log.count("stop requested (stop file") >= 2 and log.count(f"requeued job {job_id}") == 2, log
+    starts = sorted((run / "slurm").iterdir())
+    assert [(s / "rank-0").read_text().strip() for s in starts] == ["75", "75", "0"]
     assert comparable(read_metrics(run)) == comparable(reference[1])
 
 

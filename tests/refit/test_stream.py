@@ -169,7 +169,7 @@ def ranks(tmp_path_factory) -> list[dict]:
         dirs[name] = str(path)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MALLOC_MMAP_THRESHOLD_", str(64 << 10))  # large frees go back to the OS: RSS = live bytes
-        return run_distributed(_worker, 2, dirs, timeout=600)
+        return run_distributed(_worker, 2, dirs, timeout=600, fresh=True)  # malloc reads it at start
 
 
 def _model_bytes(config: dict) -> int:
