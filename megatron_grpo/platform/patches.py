@@ -5,20 +5,26 @@ process from ``platform.setup_platform``. On CUDA with Transformer Engine nothin
 * no CUDA (``cpu``, ``meta``): Megatron's ``device="cuda"``, ``.cuda()`` and ``torch.cuda.*`` calls land on
   the platform's device;
 * no Transformer Engine / apex: the local layers' gaps (sequence-parallel norms, the grad-norm fallback);
-* the ``meta`` stand-in: what cannot run on data-less tensors under a fake process group.
+* the ``meta`` stand-in: what cannot run on data-less tensors under a fake process group;
+* every platform: Megatron's checkpoint writer leaves no process behind a killed trainer.
 """
 
 from __future__ import annotations
 
+import multiprocessing as mp
+from multiprocessing.managers import SyncManager
+
 import torch
 from torch.overrides import TorchFunctionMode
 
+from megatron_grpo.children import die_with_parent
 from megatron_grpo.platform import FAKE_BACKEND
 
 _TYPE_PREFIXES = ("torch.meta.", "torch.")
 
 
 def apply(kind: str) -> None:
+    _checkpoint_writer_manager_dies_with_its_process()
     _allow_sequence_parallel_torch_norm()
     _device_side_grad_norm()
     _router_gemm_without_te()
@@ -30,6 +36,26 @@ def apply(kind: str) -> None:
         _standin()
     _alltoall_dispatcher_on_host()
     _DeviceRedirect(target).__enter__()  # stays active for the process lifetime
+
+
+# ---- every platform -------------------------------------------------------------------------------------
+
+
+def _checkpoint_writer_manager_dies_with_its_process() -> None:
+    """Megatron's multi-threaded checkpoint writer (``filesystem_async``) collects its results through a queue
+    of a ``multiprocessing.Manager`` it starts on first use and never shuts down. A trainer killed by SIGKILL
+    left that manager's server process (~275 MB, ``Server.serve_forever``) running. The same queue, from a
+    manager whose server is killed when the process that started it dies."""
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    def results_queue():
+        if filesystem_async._results_queue is None:
+            manager = SyncManager(ctx=mp.get_context("spawn"))
+            manager.start(initializer=die_with_parent)
+            filesystem_async._results_queue = manager.Queue()  # the proxy keeps the manager alive
+        return filesystem_async._results_queue
+
+    filesystem_async._get_write_results_queue = results_queue
 
 
 # ---- no CUDA ------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from megatron_grpo.children import die_with_parent
 from megatron_grpo.config.loader import ConfigError
 from megatron_grpo.config.rollout import RolloutConfig, SamplingConfig
 from megatron_grpo.refit import transfer
@@ -207,9 +208,7 @@ def _engine_preexec() -> None:
     """An engine the trainer spawned dies with it (kill -9 included), so nothing is left holding GPUs, and
     ignores the stop signals, which Slurm delivers to every process of the step: the trainer finishes its
     step, with its engines, before it saves. The ignore outlives exec and reaches vLLM's own processes."""
-    import ctypes
-
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    die_with_parent()
     for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
 

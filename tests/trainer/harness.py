@@ -12,6 +12,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
+
 from megatron_grpo.trainer.logger import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -20,7 +22,9 @@ DETERMINISTIC = ("reward/mean", "loss", "actor/grad_norm", "response_length/mean
 
 
 def env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "TORCHINDUCTOR_CACHE_DIR": str(REPO / ".cache" / "torchinductor")}
+    """The runs' environment: one thread each, and wandb (``logging.wandb``) writing files only."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TORCHINDUCTOR_CACHE_DIR": str(REPO / ".cache" / "torchinductor"),
+            "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
 
 
 def cmd(run_dir: Path, *overrides: str, nproc: int = 1, config: Path | None = None,
@@ -91,7 +95,8 @@ def stop_with_sigterm(run_dir: Path, overrides: list[str], at_step: int = 2) -> 
 
 def kill_and_resume(run_dir: Path, overrides: list[str], kills: int, last_step: int, seed: int = 0) -> int:
     """SIGKILL the run ``kills`` times at random moments (rollout, update, refit, or inside a checkpoint
-    save), restarting it each time, then let it finish. Returns the number of kills made."""
+    save), restarting it each time, then let it finish. Returns the number of kills made. Each kill must take
+    every process the run started with it (an orphan fails the run)."""
     rng, made = random.Random(seed), 0
     for _ in range(kills):
         done = len(read_metrics(run_dir))
@@ -101,13 +106,29 @@ def kill_and_resume(run_dir: Path, overrides: list[str], kills: int, last_step: 
                                 stderr=subprocess.DEVNULL)
         wait_for_step(run_dir, rng.randint(done + 1, min(done + 2, last_step - 1)), proc)
         time.sleep(rng.uniform(0.0, 0.4))
+        family = psutil.Process(proc.pid).children(recursive=True)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         made += 1
+        _no_orphans(family)
     proc = train(run_dir, *overrides)
     if proc.returncode != 0:
         raise AssertionError(proc.stderr[-3000:])
     return made
+
+
+def _no_orphans(family: list[psutil.Process], grace: float = 15.0) -> None:
+    """The killed run's processes are all gone within ``grace`` seconds; survivors are killed, then named."""
+    _, alive = psutil.wait_procs(family, timeout=grace)
+    names = []
+    for child in alive:
+        try:
+            names.append(f"pid {child.pid}: {' '.join(child.cmdline())[:200]}")
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    if names:
+        raise AssertionError("processes outlived the SIGKILLed trainer:\n  " + "\n  ".join(names))
 
 
 def mismatches(run_dir: Path, reference: list[dict]) -> list[str]:

@@ -1,0 +1,19 @@
+"""The processes this project starts die with the process that started them, SIGKILL included: an engine,
+or Megatron's checkpoint-writer manager, left behind holds a GPU or memory on a node the next job needs.
+Standard library only, so a child imports it without torch."""
+
+from __future__ import annotations
+
+import ctypes
+import signal
+import sys
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Ask Linux for SIGKILL when the parent exits. Called first thing in the child (a ``preexec_fn`` or a
+    process initializer). The parent is the thread that started the child, so start children from the main
+    thread. Elsewhere than Linux there is no such request; nothing is done."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
