@@ -1,8 +1,9 @@
-"""``megatron-grpo``: train, eval, plan, convert. Works as one process or under torchrun/srun.
+"""``megatron-grpo``: train, eval, plan, convert, data. Works as one process or under torchrun/srun.
 
     megatron-grpo train                                   # the embedded tiny CPU run
     megatron-grpo train --config configs/qwen3_4b_dapo.yaml optim.lr=2e-6 trainer.max_steps=100
     torchrun --nproc-per-node 8 -m megatron_grpo train --config configs/qwen3_4b_dapo.yaml
+    megatron-grpo data prepare                            # the reference job's datasets into data/
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from megatron_grpo.config import ConfigError, load_config
 from megatron_grpo.convert.cli import add_convert_arguments, run_convert
 from megatron_grpo.data import DataError
+from megatron_grpo.data.prepare import add_data_arguments
 from megatron_grpo.plan.estimate import add_plan_arguments, run_plan
 from megatron_grpo.rollout.server import add_engine_arguments, run_engine
 
@@ -70,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert = sub.add_parser("convert", help="convert checkpoints: mcore-to-hf / hf-to-mcore")
     add_convert_arguments(convert)
     convert.set_defaults(func=run_convert)
+
+    data = sub.add_parser("data", help="data prepare: the reference datasets; data convert: your own files")
+    add_data_arguments(data)
     return parser
 
 

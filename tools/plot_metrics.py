@@ -1,22 +1,26 @@
-"""Plot a run's training curves (reward, response length, entropy, rollout mismatch) vs step to a PNG.
+"""Plot a run's curves vs step to a PNG: reward with the train/inference mismatch beside it, validation
+(every set's mean@k), response length, entropy.
 
     python tools/plot_metrics.py RUN_DIR [--out FILE.png] [--keys KEY[,KEY...] ...]
 
 Reads ``RUN_DIR/metrics.jsonl`` (one JSON object per step, written by the trainer). Each ``--keys``
-argument is one panel; keys joined by commas share a panel. Keys absent from the file are skipped with
-a note; null values (NaN/Inf steps) leave gaps. matplotlib is imported only to draw, so a missing or
-empty metrics file is reported even where matplotlib is not installed.
+argument is one panel; keys joined by commas share a panel, and a key with ``*`` stands for every key it
+matches (``eval/*/mean@*``). Keys absent from the file are skipped with a note; null values (NaN/Inf
+steps) leave gaps, and sparse series (validation every test_freq steps) are drawn with markers.
+matplotlib is imported only to draw, so a missing or empty metrics file is reported even where matplotlib
+is not installed.
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import sys
 from pathlib import Path
 
-DEFAULT_PANELS = [["reward/mean"], ["response_length/mean"], ["actor/entropy"],
-                  ["mismatch/abs_logp", "rollout/logprob_abs_diff"]]
+DEFAULT_PANELS = [["reward/mean"], ["mismatch/abs_logp", "rollout/logprob_abs_diff"], ["eval/*/mean@*"],
+                  ["response_length/mean"], ["actor/entropy"]]
 
 
 class PlotError(Exception):
@@ -41,9 +45,10 @@ def load_rows(path: Path) -> list[dict]:
 def collect(rows: list[dict], panels: list[list[str]]) -> tuple[list[list[tuple[str, list, list]]], list[str]]:
     """Per panel, the (key, steps, values) series present in ``rows``; and the keys found nowhere."""
     present, missing = [], []
+    names = list(dict.fromkeys(k for r in rows for k in r))
     for keys in panels:
         series = []
-        for key in keys:
+        for key in _expand(keys, names):
             points = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
             if points:
                 series.append((key, [s for s, _ in points], [v for _, v in points]))
@@ -54,6 +59,16 @@ def collect(rows: list[dict], panels: list[list[str]]) -> tuple[list[list[tuple[
     if not present:
         raise PlotError(f"none of the keys {[k for keys in panels for k in keys]} has a value in the metrics")
     return present, missing
+
+
+def _expand(keys: list[str], names: list[str]) -> list[str]:
+    """Patterns replaced by the metric names they match (in file order); one matching nothing stays, to be
+    reported missing."""
+    out = []
+    for key in keys:
+        matched = [n for n in names if fnmatch.fnmatchcase(n, key)] if "*" in key else []
+        out += matched or [key]
+    return out
 
 
 def _pyplot():
@@ -73,7 +88,8 @@ def draw(panels: list[list[tuple[str, list, list]]], title: str, out: Path) -> N
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.4 * len(panels)), sharex=True, squeeze=False)
     for ax, series in zip(axes[:, 0], panels, strict=True):
         for key, steps, values in series:
-            ax.plot(steps, values, label=key, linewidth=1.2)
+            sparse = len(steps) < 2 or steps[-1] - steps[0] > 2 * (len(steps) - 1)
+            ax.plot(steps, values, label=key, linewidth=1.2, marker="o" if sparse else None, markersize=3)
         ax.set_ylabel(series[0][0] if len(series) == 1 else "value")
         ax.grid(alpha=0.3)
         if len(series) > 1:
@@ -90,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path, help="training run directory holding metrics.jsonl")
     parser.add_argument("--out", type=Path, default=None, help="PNG to write (default RUN_DIR/metrics.png)")
     parser.add_argument("--keys", nargs="+", default=None, metavar="KEY[,KEY...]",
-                        help="panels to draw (default: reward, response length, entropy, mismatch)")
+                        help="panels to draw (default: reward, mismatch, validation, response length, entropy)")
     args = parser.parse_args(argv)
     panels = [k.split(",") for k in args.keys] if args.keys else DEFAULT_PANELS
     try:

@@ -1,6 +1,7 @@
 """Distributed checkpoints of the policy: what the trainer calls to save, resume and find checkpoints.
 
     save_checkpoint(root, step, policy, extra_state, keep_last)   # collective, atomic
+    writer = CheckpointWriter(async_save); writer.save(...); writer.poll()  # the trainer's saves, async or not
     extra_state = load_checkpoint(root_or_step_dir, policy)       # collective; None if nothing saved
     latest_checkpoint(root) -> Path | None                        # no process group needed
     resume_point(root, on_corrupt) -> Path | None                 # collective: latest if whole, else fallback
@@ -13,10 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from megatron_grpo.checkpoint.files import CheckpointError, latest_checkpoint, verify_checkpoint
-from megatron_grpo.checkpoint.state import load_state, resume_point, save_state
+from megatron_grpo.checkpoint.state import CheckpointWriter, load_state, resume_point, save_state
 
-__all__ = ["CheckpointError", "latest_checkpoint", "load_checkpoint", "resume_point", "save_checkpoint",
-           "verify_checkpoint"]
+__all__ = ["CheckpointError", "CheckpointWriter", "latest_checkpoint", "load_checkpoint", "resume_point",
+           "save_checkpoint", "verify_checkpoint"]
 
 
 def save_checkpoint(root: str | Path, step: int, policy, extra_state: dict | None = None,

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import errno
 import shutil
+import time
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -35,6 +37,7 @@ from megatron_grpo.checkpoint.files import (
     write_manifest,
     write_trainer_state,
 )
+from megatron_grpo.children import die_with_parent
 from megatron_grpo.convert.weights import unwrap
 
 FORMAT_VERSION = 1
@@ -121,6 +124,100 @@ def resume_point(root: str | Path, on_corrupt: str = "fallback") -> Path | None:
 def save_state(root: str | Path, step: int, chunks: list, optimizer=None, scheduler=None,
                extra_state: dict | None = None, keep_last: int | None = None) -> Path:
     """Collective: write ``<root>/step_<step>`` atomically and point ``latest`` at it."""
+    root, tmp, final = _begin(root, step)
+    try:
+        dist_checkpointing.save(_sharded_state(chunks, optimizer, is_loading=False), str(tmp))
+    except (Exception, CheckpointException) as exc:  # a BaseException; raised on every rank
+        _raise_failed_write(exc, root, tmp, final)
+    dist.barrier()
+    _publish(root, tmp, final, _trainer_state(step, optimizer, scheduler, extra_state), keep_last)
+    return final
+
+
+class CheckpointWriter:
+    """Saves that overlap training (``checkpoint.async_save``): Megatron-Core's async dist-checkpointing writes
+    the shards from a forked process, a snapshot of this moment's state, while the next steps run. The save is
+    published (trainer state, manifest, ``latest``) only once every rank's write has completed, so a kill
+    during the write leaves ``latest`` on the previous checkpoint. At most one save is in flight; without
+    ``async_save`` every save is the synchronous ``save_state``."""
+
+    def __init__(self, async_save: bool):
+        from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+
+        self._queue = AsyncCallsQueue() if async_save else None
+        self._pending: tuple[Path, Path, Path] | None = None   # root, tmp and final of the save in flight
+        self._blocked = 0.0
+
+    def metrics(self) -> dict[str, float]:
+        """``time/checkpoint``: the seconds the trainer was held up by saves since the last call (the whole
+        save when synchronous; the snapshot, and any wait for a write, when async)."""
+        blocked, self._blocked = self._blocked, 0.0
+        return {"time/checkpoint": blocked}
+
+    def save(self, root: str | Path, step: int, policy, extra_state: dict | None = None,
+             keep_last: int | None = None, wait: bool = False) -> Path:
+        """Collective: ``policy``'s model, optimizer and scheduler, and ``extra_state``. ``wait``: return once
+        this save is published (the run's last save, a stop request)."""
+        start = time.perf_counter()
+        try:
+            return self._save(root, step, policy, extra_state, keep_last, wait)
+        finally:
+            self._blocked += time.perf_counter() - start
+
+    def _save(self, root, step, policy, extra_state, keep_last, wait) -> Path:
+        chunks, optimizer, scheduler = policy.model, policy.optimizer, policy.scheduler
+        if self._queue is None:
+            return save_state(root, step, chunks, optimizer, scheduler, extra_state, keep_last)
+        self.finish()
+        root, tmp, final = _begin(root, step)
+        state = _trainer_state(step, optimizer, scheduler, extra_state)  # this moment's, as the shards are
+        request = dist_checkpointing.save(_sharded_state(chunks, optimizer, is_loading=False), str(tmp),
+                                          async_sharded_save=True)
+        request.add_finalize_fn(lambda: _publish(root, tmp, final, state, keep_last))
+        self._queue.schedule_async_request(request._replace(async_fn=_dies_with_trainer(request.async_fn)))
+        self._pending = (root, tmp, final)
+        if wait:
+            self.finish()
+        return final
+
+    def poll(self) -> None:
+        """Collective (cheap: one all-reduce while a save is in flight): publish the save if every rank's
+        write has completed."""
+        self._finalize(blocking=False)
+
+    def finish(self) -> None:
+        """Collective: wait for the save in flight, and publish it."""
+        self._finalize(blocking=True)
+
+    def _finalize(self, blocking: bool) -> None:
+        if self._pending is None:
+            return
+        start = time.perf_counter()
+        try:
+            done = self._queue.maybe_finalize_async_calls(blocking=blocking)
+        except (Exception, CheckpointException) as exc:
+            pending, self._pending = self._pending, None
+            _raise_failed_write(exc, *pending)
+        finally:
+            self._blocked += time.perf_counter() - start
+        if done:
+            self._pending = None
+
+
+def _dies_with_trainer(fn):
+    """The forked writer is killed with the trainer (a SIGKILLed trainer left it writing on): the half-written
+    directory is never published, and the next save of that step starts it afresh."""
+    if fn is None:
+        return None
+
+    def write(*args, **kwargs):
+        die_with_parent()
+        return fn(*args, **kwargs)
+    return write
+
+
+def _begin(root: str | Path, step: int) -> tuple[Path, Path, Path]:
+    """Collective: a fresh ``tmp-step_N`` for every rank to write into."""
     root, tmp, final = Path(root), tmp_dir(root, step), step_dir(root, step)
 
     def prepare():
@@ -129,20 +226,18 @@ def save_state(root: str | Path, step: int, chunks: list, optimizer=None, schedu
         tmp.mkdir()
 
     _rank0_then_share(prepare)
-    try:
-        dist_checkpointing.save(_sharded_state(chunks, optimizer, is_loading=False), str(tmp))
-    except (Exception, CheckpointException) as exc:  # a BaseException; raised on every rank
-        if not _disk_full(exc, root):
-            raise
-        error = exc
-        _rank0_then_share(lambda: _give_up(root, tmp, final, error))
-    dist.barrier()
-    trainer_state = {
-        "format": FORMAT_VERSION, "step": step, "has_optimizer": optimizer is not None,
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "extra": extra_state if extra_state is not None else {},
-    }
+    return root, tmp, final
 
+
+def _trainer_state(step: int, optimizer, scheduler, extra_state: dict | None) -> dict:
+    return {"format": FORMAT_VERSION, "step": step, "has_optimizer": optimizer is not None,
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "extra": extra_state if extra_state is not None else {}}
+
+
+def _publish(root: Path, tmp: Path, final: Path, trainer_state: dict, keep_last: int | None) -> None:
+    """Collective, once every rank's shards are written: rank 0 adds the trainer state and the manifest, then
+    renames the directory into place, moves ``latest`` and deletes old checkpoints."""
     def finish():
         try:
             write_trainer_state(tmp, trainer_state)
@@ -155,7 +250,14 @@ def save_state(root: str | Path, step: int, chunks: list, optimizer=None, schedu
         rotate(root, keep_last)
 
     _rank0_then_share(finish)
-    return final
+
+
+def _raise_failed_write(exc: BaseException, root: Path, tmp: Path, final: Path) -> NoReturn:
+    """A failed write: on a full disk, the partial files go and every rank raises a clear error; otherwise
+    the error itself propagates."""
+    if not _disk_full(exc, root):
+        raise exc
+    _rank0_then_share(lambda: _give_up(root, tmp, final, exc))
 
 
 def _disk_full(exc: BaseException, root: Path) -> bool:

@@ -44,6 +44,10 @@ class CheckpointConfig:
     on_corrupt: Literal["fallback", "error"] = "fallback"
     """When the checkpoint to resume is damaged (a file missing, truncated, or not matching its checksum):
     log what is wrong and resume from the newest whole one, or stop with the error."""
+    async_save: bool = False
+    """Write checkpoints from a forked process while training goes on (Megatron-Core's async
+    dist-checkpointing); a checkpoint is published (``latest`` moved) only once every rank's write is done.
+    The run's last save and a stop request's wait for it. Costs host memory for the snapshot."""
 
     def validate(self) -> None:
         if self.save_freq < 0 or self.keep_last < 1:
@@ -57,3 +61,15 @@ class LoggingConfig:
     """Off unless asked; needs the ``wandb`` package and a key."""
     wandb_project: str = "megatron_grpo"
     progress_bar: bool = True
+    samples_every: int = 10
+    """Every this many steps, ``samples_per_step`` generated samples (prompt, response, reward, ground truth,
+    extracted answer, length, finish reason) go to ``<run_dir>/samples.jsonl``, TensorBoard's text tab and
+    wandb; each validation writes its own. 0: none."""
+    samples_per_step: int = 4
+    """Rows per step (the first response to each of the first prompts), and per eval set at validation."""
+
+    def validate(self) -> None:
+        if self.samples_every < 0:
+            raise ConfigError(f"samples_every: must be >= 0 (0 = no samples), got {self.samples_every}")
+        if self.samples_per_step < 1:
+            raise ConfigError(f"samples_per_step: must be >= 1, got {self.samples_per_step}")

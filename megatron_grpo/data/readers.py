@@ -2,7 +2,7 @@
 
 Both formats are first turned into flat columns (``{"reward_model.ground_truth": [...], ...}``); one
 table of candidate column names then covers DAPO-Math-17k (chat-message prompts), verl-style files,
-the project's training format (tools/prepare_data.py) and the eval JSONL sets (problem/answer).
+the project's training format (``data prepare``/``data convert``) and the eval JSONL sets (problem/answer).
 """
 
 from __future__ import annotations
@@ -46,6 +46,11 @@ def _parquet_columns(path: Path) -> Columns:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
         raise DataError(f"{path}: not a readable parquet file ({exc})") from None
+    return table_columns(table)
+
+
+def table_columns(table: pa.Table) -> Columns:
+    """Flat columns of an Arrow table (a parquet file's, or a Hub dataset's)."""
     while any(pa.types.is_struct(f.type) for f in table.schema):
         table = table.flatten()
     return {name: table.column(name).to_pylist() for name in table.column_names}
@@ -78,7 +83,7 @@ def _flatten(obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def resolve_columns(columns: Columns, path: Path) -> dict[str, str | None]:
+def resolve_columns(columns: Columns, path: Path | str) -> dict[str, str | None]:
     """The file's column for each field; an error naming the file when a required one is missing."""
     found = {f: next((c for c in names if c in columns), None) for f, names in FIELD_COLUMNS.items()}
     for f in REQUIRED:
@@ -150,20 +155,25 @@ def read_records(path: str | Path, on_bad_rows: Literal["reject", "skip"] = "rej
     """Records of one file and the bad rows skipped. With ``reject`` any bad row raises a ``DataError``
     listing the first ones. ``default_source`` (default: the file stem) fills a missing data_source."""
     path = Path(path)
-    columns = read_columns(path)
-    names = resolve_columns(columns, path)
+    return columns_records(read_columns(path), str(path), on_bad_rows, default_source or path.stem)
+
+
+def columns_records(columns: Columns, origin: str, on_bad_rows: Literal["reject", "skip"],
+                    default_source: str) -> tuple[list[PromptRecord], list[BadRow]]:
+    """``read_records`` of columns already in memory; ``origin`` (a file, or a Hub dataset) names them in errors."""
+    names = resolve_columns(columns, origin)
     n_rows = len(next(iter(columns.values()), []))
     records: list[PromptRecord] = []
     bad: list[BadRow] = []
     for row in range(n_rows):
         try:
-            records.append(_row_record(columns, names, row, default_source or path.stem))
+            records.append(_row_record(columns, names, row, default_source))
         except _RowError as exc:
-            bad.append(BadRow(str(path), row, exc.column, exc.reason))
+            bad.append(BadRow(origin, row, exc.column, exc.reason))
     if bad and on_bad_rows == "reject":
         listed = "\n  ".join(str(b) for b in bad[:MAX_LISTED_BAD_ROWS])
         raise DataError(
-            f"{path}: {len(bad)} bad row(s) of {n_rows} (data.on_bad_rows='reject'; 'skip' drops them):"
+            f"{origin}: {len(bad)} bad row(s) of {n_rows} (data.on_bad_rows='reject'; 'skip' drops them):"
             f"\n  {listed}"
         )
     return records, bad

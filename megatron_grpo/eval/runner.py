@@ -21,6 +21,7 @@ from megatron_grpo.data.templates import ChatTokenizer
 from megatron_grpo.eval.metrics import EvalMetrics, ProblemOutcome, summarize
 from megatron_grpo.reward import extract_answer, normalize_answer
 from megatron_grpo.reward.extract import DEFAULT_TAIL_CHARS
+from megatron_grpo.rollout.samples import sample_rows
 from megatron_grpo.rollout.types import RolloutEngine
 
 Grade = Callable[[list[str], list[str]], list[bool]]   # (responses, ground truths) -> correct, same length
@@ -55,6 +56,7 @@ class EvalSet:
 class EvalResult:
     metrics: EvalMetrics
     outcomes: list[ProblemOutcome]   # one per problem, sets in order
+    samples: list[dict]              # readable rows: the first response to the first ``keep`` problems of each set
 
 
 def default_answer_key(response: str, fallback: str = "none", tail_chars: int = DEFAULT_TAIL_CHARS,
@@ -82,9 +84,9 @@ def load_eval_sets(cfg: EvalConfig, data_cfg: DataConfig, tokenizer: ChatTokeniz
 
 
 def evaluate(engine: RolloutEngine, eval_sets: list[EvalSet], sampling: SamplingConfig, *, k: int,
-             grade: Grade, answer_key: AnswerKey = default_answer_key, seed: int = 0) -> EvalResult:
+             grade: Grade, answer_key: AnswerKey = default_answer_key, seed: int = 0, keep: int = 0) -> EvalResult:
     """Generate ``sampling.n`` samples per problem of every set in one engine call, grade them, and
-    summarize with pass@/maj@ up to ``k`` (k <= sampling.n)."""
+    summarize with pass@/maj@ up to ``k`` (k <= sampling.n); ``keep`` rows per set for samples.jsonl."""
     if k > sampling.n:
         raise ValueError(f"eval k={k} exceeds the samples per problem rollout.val.n={sampling.n}")
     items = [(s.name, item) for s in eval_sets for item in s.dataset.items]
@@ -103,4 +105,10 @@ def evaluate(engine: RolloutEngine, eval_sets: list[EvalSet], sampling: Sampling
         )
         for i, (name, item) in enumerate(items)
     ]
-    return EvalResult(summarize(outcomes, k), outcomes)
+    rows, start = [], 0
+    for s in eval_sets:
+        end = start + len(s.dataset.items)
+        rows += sample_rows(f"val/{s.name}", s.dataset.items, samples[start:end],
+                            [float(c) for c in correct[start * sampling.n:end * sampling.n]], keep, answer_key)
+        start = end
+    return EvalResult(summarize(outcomes, k), outcomes, rows)

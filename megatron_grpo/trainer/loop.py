@@ -23,11 +23,13 @@ import torch
 import torch.distributed as dist
 
 from megatron_grpo.algo import dynamic_sampling
-from megatron_grpo.checkpoint import load_checkpoint, resume_point, save_checkpoint
+from megatron_grpo.checkpoint import CheckpointWriter, load_checkpoint, resume_point
 from megatron_grpo.config import Config
+from megatron_grpo.config.loader import to_dict
 from megatron_grpo.launch import shutdown
 from megatron_grpo.model.update import update_policy
 from megatron_grpo.refit.stream import refit
+from megatron_grpo.rollout.samples import answer_extractor, sample_rows
 from megatron_grpo.trainer.logger import MetricsLogger, truncate_metrics
 from megatron_grpo.trainer.probe import probe_engine, probe_trainer
 from megatron_grpo.trainer.setup import (
@@ -59,24 +61,29 @@ def train(cfg: Config, run_dir: str | Path) -> int:
     # the engines start from the policy's weights
     refit(run.policy, run.engines.local, run.engine_dtype, cfg.rollout.refit_check, version=run.step)
     run.colocation.to_generate()
-    logger = MetricsLogger(run_dir, cfg.logging, run.total_steps, run.step, run_dir.name) if run.is_rank0 else None
+    checkpoints = CheckpointWriter(cfg.checkpoint.async_save)
+    logger = MetricsLogger(run_dir, cfg.logging, run.total_steps, run.step, run_dir.name,
+                           config=to_dict(cfg)) if run.is_rank0 else None
     try:
         if cfg.trainer.val_before_train and run.step == 0:
-            baseline = validate(run)
+            baseline = validate(run, logger)
             if logger:
                 logger.log(0, baseline)
         while run.step < run.total_steps:
             metrics = _oom_hint(train_step, run)
             run.step += 1
+            checkpoints.poll()  # an async save whose writes are all done is published
+            metrics.update(checkpoints.metrics())
             if cfg.trainer.test_freq and run.step % cfg.trainer.test_freq == 0:
-                metrics.update(validate(run))
+                metrics.update(validate(run, logger))
             if logger:  # before the checkpoint: a kill in between reruns (and re-logs) this step
                 logger.log(run.step, metrics)
-            stopping = stop.agreed()
-            if stopping or run.step == run.total_steps or (
-                    cfg.checkpoint.save_freq and run.step % cfg.checkpoint.save_freq == 0):
+                logger.samples(run.step, _train_samples(run))
+            stopping, last = stop.agreed(), run.step == run.total_steps
+            if stopping or last or (cfg.checkpoint.save_freq and run.step % cfg.checkpoint.save_freq == 0):
                 with run.colocation.trainer_on_device():
-                    save_checkpoint(_ckpt_root(run), run.step, run.policy, trainer_state(run), cfg.checkpoint.keep_last)
+                    checkpoints.save(_ckpt_root(run), run.step, run.policy, trainer_state(run),
+                                     cfg.checkpoint.keep_last, wait=stopping or last)
             if stopping:
                 log.warning("stop requested (%s): checkpoint at step %d saved, exiting %d",
                             stop.reason or "by another rank", run.step, EXIT_REQUEUE)
@@ -131,6 +138,15 @@ def _rollout(run: Run):
     first.update({"dynamic_sampling/tries": float(result.tries), "dynamic_sampling/groups_kept": float(
         result.groups_kept), "dynamic_sampling/groups_seen": float(result.groups_seen)})
     return result.batch, first
+
+
+def _train_samples(run: Run) -> list[dict]:
+    """Every ``logging.samples_every`` steps, rows of the batch the step trained on."""
+    every, latest = run.cfg.logging.samples_every, run.rollouts.latest
+    if not every or run.step % every or latest is None:
+        return []
+    return sample_rows("train", latest.items, latest.samples, latest.rewards, run.cfg.logging.samples_per_step,
+                       answer_extractor(run.cfg.reward, run.cfg.reward.mode))
 
 
 def _oom_hint(step_fn, run: Run) -> dict[str, float]:

@@ -95,6 +95,15 @@ def score_samples(scorer: RewardScorer, items: list[PromptItem], samples: list[l
 
 
 @dataclass
+class Collected:
+    """The last batch the engines handed over, as text: what ``samples.jsonl`` shows of a step."""
+
+    items: list[PromptItem]
+    samples: list[list[Sample]]
+    rewards: list[float]         # one per sample, prompt-major
+
+
+@dataclass
 class _InFlight:
     items: list[PromptItem]
     pending: object
@@ -112,6 +121,7 @@ class RolloutQueue:
         self.routing = routing
         self.sampling, self.seed, self.ahead, self.total_steps = sampling, seed, ahead, total_steps
         self._queue: deque[_InFlight] = deque()
+        self.latest: Collected | None = None
 
     def next(self, step: int, attempt: int = 0) -> tuple[RolloutBatch, dict[str, float]]:
         """Collective: step ``step``'s batch (``attempt`` > 0: one more batch for dynamic sampling, on-policy
@@ -126,6 +136,7 @@ class RolloutQueue:
         samples = self.engines.collect(entry.pending)
         waited = time.perf_counter() - start
         batch, metrics = score_samples(self.scorer, entry.items, samples, self.sampling)
+        self.latest = Collected(entry.items, samples, batch.rewards.tolist())
         staleness = (step - batch.versions).float()
         metrics.update({"rollout/staleness_mean": float(staleness.mean()), "rollout/staleness_max": float(
             staleness.max()), "time/rollout_wait": waited, **self.engines.metrics(),

@@ -11,9 +11,10 @@ import pytest
 
 from megatron_grpo.config import Config, ConfigError, check_world, dump_yaml, load_config, to_dict
 from megatron_grpo.config.loader import from_dict
+from megatron_grpo.data.prepare import SOURCES
+from tests.shared_data import SHARED, needs_shared
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED = REPO.parent / "shared"
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
@@ -160,6 +161,7 @@ def _reference_table() -> dict[str, str]:
     return {k.strip(): v.strip() for k, v in rows if k.strip() not in ("setting", "---")}
 
 
+@needs_shared
 def test_reference_config_matches_reference_md():
     cfg = load_config(REPO / "configs" / "qwen3_4b_dapo.yaml")
     ref = _reference_table()
@@ -189,5 +191,8 @@ def test_reference_config_matches_reference_md():
     assert (cfg.rollout.val.n, cfg.rollout.val.top_p, cfg.rollout.val.temperature) == (16, 0.95, 1.0)
     assert cfg.model.dtype == "fp32" and cfg.data.shuffle is False and cfg.data.enable_thinking is False
     assert [s.name for s in cfg.eval.sets] == ["aime25", "amc23", "aime24"]
-    assert all(Path(s.path).is_file() for s in cfg.eval.sets) and Path(cfg.data.train_files[0]).is_file()
-    assert Path(cfg.model.hf_config).is_file() and Path(cfg.model.tokenizer).is_dir()
+    # the data is what `megatron-grpo data prepare` writes into data/, the tokenizer the checkpoint's own
+    prepared = {str(REPO / "data" / s.output): name for name, s in SOURCES.items()}
+    assert [prepared.get(p) for p in (*cfg.data.train_files, *(s.path for s in cfg.eval.sets))] == [
+        "dapo17k_processed", "aime25", "amc83", "aime24"]
+    assert Path(cfg.model.hf_config).is_file() and cfg.model.tokenizer == cfg.model.hf_checkpoint

@@ -6,18 +6,19 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from transformers import AutoTokenizer
 
 from megatron_grpo.config import DataConfig
 from megatron_grpo.data import BOXED_SUFFIX, DataError, load_train_dataset, read_records
+from tests.shared_data import DATA as SHARED
+from tests.shared_data import needs_shared, qwen3_tokenizer
 
-SHARED = Path(__file__).parents[2].parent / "shared" / "data"
 AIME24_ANSWERS = (
     "204 113 371 385 110 104 721 25 809 116 104 294 540 197 480 73 468 601 23 321 211 315 236 45 33 80 55 "
     "699 127 902"
 ).split()
 
 
+@needs_shared
 @pytest.mark.parametrize("name, rows", [
     ("aime24.jsonl", 30), ("aime25.jsonl", 30), ("amc23.jsonl", 40), ("extra/amc_aimo_val83.jsonl", 83),
 ])
@@ -27,6 +28,7 @@ def test_eval_sets_load_with_expected_sizes(name, rows):
     assert all(r.problem == r.prompt and r.ground_truth.lstrip("-").isdigit() for r in records)
 
 
+@needs_shared
 def test_aime24_answers_and_ids_match_the_readme():
     records, _ = read_records(SHARED / "eval" / "aime24.jsonl", default_source="aime24")
     assert [r.ground_truth for r in records] == AIME24_ANSWERS
@@ -34,6 +36,7 @@ def test_aime24_answers_and_ids_match_the_readme():
     assert {r.data_source for r in records} == {"aime24"}
 
 
+@needs_shared
 def test_both_training_files_load():
     full, bad_full = read_records(SHARED / "train" / "dapo_math_17k.parquet")
     proc, bad_proc = read_records(SHARED / "train" / "dapo_math_17k_processed_dedup17398.parquet")
@@ -110,7 +113,7 @@ def test_invalid_jsonl_line_and_unknown_extension(tmp_path):
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return AutoTokenizer.from_pretrained(SHARED / "tokenizer" / "qwen3")
+    return qwen3_tokenizer()
 
 
 def test_too_long_prompts_are_dropped_and_counted(tmp_path, tokenizer):

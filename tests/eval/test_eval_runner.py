@@ -1,17 +1,15 @@
 """evaluate() over a fake rollout engine: prompts sent, samples graded, metrics per set."""
 
-from pathlib import Path
 
 import pytest
-from transformers import AutoTokenizer
 
 from megatron_grpo.config import DataConfig, EvalConfig, EvalSetConfig, SamplingConfig
 from megatron_grpo.data import BOXED_SUFFIX
 from megatron_grpo.eval import default_answer_key, evaluate, grade_with, load_eval_sets
 from megatron_grpo.reward.scorer import RewardScorer
 from megatron_grpo.rollout.types import Sample
-
-SHARED = Path(__file__).parents[2].parent / "shared" / "data"
+from tests.shared_data import DATA as SHARED
+from tests.shared_data import qwen3_tokenizer
 
 
 class FakeEngine:
@@ -34,7 +32,7 @@ def grade(responses, truths):
 
 @pytest.fixture(scope="module")
 def eval_sets():
-    tokenizer = AutoTokenizer.from_pretrained(SHARED / "tokenizer" / "qwen3")
+    tokenizer = qwen3_tokenizer()
     cfg = EvalConfig(sets=[EvalSetConfig("aime24", str(SHARED / "eval" / "aime24.jsonl")),
                            EvalSetConfig("amc23", str(SHARED / "eval" / "amc23.jsonl"))], max_problems=5)
     return load_eval_sets(cfg, DataConfig(prompt_template="boxed"), tokenizer), tokenizer
@@ -69,6 +67,21 @@ def test_evaluate_grades_every_sample_and_summarizes_per_set(eval_sets):
     # votes per problem: 0 RIGHT -> wrong; 1 RIGHT vs 2 w1 -> wrong; 2, 3, 4 RIGHT -> right
     assert m.per_set["aime24"]["maj@4"] == m.per_set["amc23"]["maj@4"] == pytest.approx(3 / 5)
     assert m.problems == {"aime24": 5, "amc23": 5} and m.overall == pytest.approx(m.macro)
+    assert result.samples == []   # keep=0
+
+
+def test_evaluate_keeps_readable_samples_of_each_set(eval_sets):
+    sets, _ = eval_sets
+    result = evaluate(FakeEngine(), sets, SamplingConfig(n=4), k=4, grade=grade, keep=2)
+    # the first response to the first 2 problems of each set; problem 1 of each set has its 1 RIGHT first
+    assert [(r["kind"], r["index"], r["reward"], r["answer"]) for r in result.samples] == [
+        ("val/aime24", "60", 0.0, default_answer_key("\\boxed{w0}")),
+        ("val/aime24", "61", 1.0, default_answer_key("\\boxed{RIGHT}")),
+        ("val/amc23", sets[1].dataset[0].record.index, 0.0, default_answer_key("\\boxed{w0}")),
+        ("val/amc23", sets[1].dataset[1].record.index, 1.0, default_answer_key("\\boxed{RIGHT}"))]
+    first = result.samples[0]
+    assert first["prompt"] == sets[0].dataset[0].text and first["response"] == "... so \\boxed{w0}"
+    assert (first["ground_truth"], first["length"], first["finish_reason"]) == ("204", 1, "stop")
 
 
 def test_k_above_samples_is_refused(eval_sets):

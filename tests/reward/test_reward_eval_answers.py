@@ -1,13 +1,15 @@
 """Every ground truth of the eval sets grades correct in both answer formats, and a neighbour does not."""
 
 import json
-from pathlib import Path
 
 import pytest
 
 from megatron_grpo.reward import math_reward
+from tests.shared_data import DATA as MIRROR
+from tests.shared_data import needs_shared
 
-DATA = Path(__file__).parents[2].parent / "shared" / "data" / "eval"
+pytestmark = needs_shared
+DATA = MIRROR / "eval"
 FILES = ["aime24.jsonl", "aime25.jsonl", "amc23.jsonl", "extra/amc_aimo_val83.jsonl"]
 
 

@@ -22,9 +22,12 @@ def plot_metrics():
 
 
 def _run_dir(tmp_path: Path, steps: int = 5) -> Path:
-    """Steps with reward/length/entropy and one mismatch key; step 3's reward is null (a NaN step)."""
+    """Steps with reward/length/entropy and one mismatch key; step 3's reward is null (a NaN step); validation
+    of two sets at steps 2 and 4."""
     rows = [{"step": s, "reward/mean": None if s == 3 else s / 10, "response_length/mean": 1.0,
-             "actor/entropy": 2.0 - s / 10, "mismatch/abs_logp": 1e-7} for s in range(1, steps + 1)]
+             "actor/entropy": 2.0 - s / 10, "mismatch/abs_logp": 1e-7,
+             **({"eval/aime24/mean@4": s / 20, "eval/amc23/mean@4": s / 8, "eval/amc23/pass@4": 1.0} if s % 2 == 0
+                else {})} for s in range(1, steps + 1)]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return tmp_path
 
@@ -34,9 +37,17 @@ def test_collect_skips_missing_keys_and_null_values(plot_metrics, tmp_path):
     panels, missing = plot_metrics.collect(rows, plot_metrics.DEFAULT_PANELS)
     assert missing == ["rollout/logprob_abs_diff"]
     assert [[key for key, _, _ in series] for series in panels] == [
-        ["reward/mean"], ["response_length/mean"], ["actor/entropy"], ["mismatch/abs_logp"]]
+        ["reward/mean"], ["mismatch/abs_logp"], ["eval/aime24/mean@4", "eval/amc23/mean@4"],
+        ["response_length/mean"], ["actor/entropy"]]
     _, steps, values = panels[0][0]
     assert steps == [1, 2, 4, 5] and values == [0.1, 0.2, 0.4, 0.5]
+    assert panels[2][1][1:] == ([2, 4], [0.25, 0.5])   # validation: only the steps it ran at
+
+
+def test_a_pattern_matching_nothing_is_reported_missing(plot_metrics, tmp_path):
+    rows = plot_metrics.load_rows(_run_dir(tmp_path) / "metrics.jsonl")
+    panels, missing = plot_metrics.collect(rows, [["reward/mean"], ["eval/*/maj@*"]])
+    assert missing == ["eval/*/maj@*"] and len(panels) == 1
 
 
 @pytest.mark.parametrize("content, message", [(None, "no such file"), ("\n", "empty"), ("{oops\n", ":1: not JSON")])

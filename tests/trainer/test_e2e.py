@@ -15,8 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from megatron_grpo.trainer.logger import read_metrics
+from megatron_grpo.checkpoint.files import latest_checkpoint, read_trainer_state, verify_checkpoint
+from megatron_grpo.trainer.logger import read_metrics, read_samples
 from megatron_grpo.trainer.signals import EXIT_REQUEUE
+from tests.shared_data import DATA as MIRROR
+from tests.shared_data import needs_shared
 from tests.trainer.harness import (
     QUIET,
     REPO,
@@ -31,11 +34,12 @@ from tests.trainer.harness import (
 pytestmark = pytest.mark.slow
 
 KILL9 = ["trainer.max_steps=6", "checkpoint.save_freq=2", "checkpoint.keep_last=2"]
+ASYNC = ["checkpoint.async_save=true", "checkpoint.save_freq=1"]   # a save in flight at nearly every moment
 TWO_VS_ONE = ["trainer.max_steps=3", "checkpoint.save_freq=0", "trainer.test_freq=3"]
 BAD_CONFIGS = [
     ("optim.lrr=1e-3", "unknown key 'optim.lrr' (did you mean 'lr'?)"),
     ("data.train_files=[/nonexistent/train.parquet]", "/nonexistent/train.parquet"),
-    (f"model.tokenizer={REPO.parent / 'shared/data/tokenizer/qwen3'}", "tokens but the model's vocab_size is 16"),
+    (f"model.tokenizer={MIRROR / 'tokenizer' / 'qwen3'}", "tokens but the model's vocab_size is 16"),
 ]
 USER_REWARD = """
 def score(data_source, solution_str, ground_truth, extra_info=None):
@@ -76,6 +80,8 @@ LANE = {
     "e2e.kill9": _kill9,
     "e2e.killed_before_first_checkpoint": _killed_before_first_checkpoint,
     "e2e.sigterm": lambda d: stop_with_sigterm(d, ["trainer.max_steps=200", "checkpoint.save_freq=0"]),
+    "e2e.kill9_async": lambda d: kill_and_resume(d, [*KILL9, *ASYNC], kills=2, last_step=6, seed=5),
+    "e2e.sigterm_async": lambda d: stop_with_sigterm(d, ["trainer.max_steps=200", *ASYNC]),
     "e2e.one_process": lambda d: train(d, *TWO_VS_ONE, "parallel.tensor=1"),
     "e2e.nan_skip": lambda d: train(d, "trainer.max_steps=3", "checkpoint.save_freq=0", nan_steps="2"),
     "e2e.nan_abort": lambda d: train(d, "trainer.max_steps=6", "checkpoint.save_freq=0",
@@ -106,6 +112,12 @@ def test_tiny_default_learns(lane):
     assert row["rollout/logprob_abs_diff"] < 1e-4  # the refit really put the trained weights in the engine
     assert all(r["refit/checksum_ok"] == 1.0 for r in read_metrics(tmp_path))
     assert (tmp_path / "config.yaml").is_file() and json.loads((tmp_path / "versions.json").read_text())["torch"]
+    # samples.jsonl: every 10 steps (logging.samples_every), the first response to 4 prompts
+    samples = read_samples(tmp_path)
+    assert [r["step"] for r in samples] == [s for s in range(10, 81, 10) for _ in range(4)]
+    assert all(r["kind"] == "train" and r["length"] == 1 and r["reward"] in (0.0, 1.0) for r in samples)
+    last = samples[-4:]   # the tiny task answers with one digit, which the reward's fallback extracts
+    assert [r["reward"] == 1.0 for r in last] == [r["answer"] == r["ground_truth"] for r in last]
 
 
 @pytest.mark.lane("e2e.kill9")
@@ -116,6 +128,27 @@ def test_kill9_at_random_points_then_resume_is_exact(lane):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert kills == 2
     assert mismatches(tmp_path / "killed", read_metrics(tmp_path / "reference")) == []
+
+
+@pytest.mark.lane("e2e.kill9", "e2e.kill9_async")
+def test_kill9_with_async_saves_then_resume_is_exact(lane):
+    """A save every step, written while the next step runs: kills land during writes, and the resumed run still
+    matches the uninterrupted one (whose checkpoints were synchronous: the schedule changes no number)."""
+    assert lane.result("e2e.kill9_async") == 2
+    reference = read_metrics(lane.root / "e2e.kill9" / "reference")
+    assert mismatches(lane.root / "e2e.kill9_async", reference) == []
+
+
+@pytest.mark.lane("e2e.sigterm_async")
+def test_sigterm_waits_for_the_async_write_then_saves_and_exits_for_requeue(lane):
+    code, err = lane.result("e2e.sigterm_async")
+    root = lane.root / "e2e.sigterm_async" / "checkpoints"
+    assert code == EXIT_REQUEUE, err[-3000:]
+    last = read_metrics(lane.root / "e2e.sigterm_async")[-1]["step"]
+    latest = latest_checkpoint(root)
+    assert latest.name == f"step_{last}" and read_trainer_state(latest)["step"] == last
+    verify_checkpoint(latest)  # every file whole: the write finished before the exit
+    assert not list(root.glob("tmp-*"))          # and no write was left behind
 
 
 @pytest.mark.lane("e2e.killed_before_first_checkpoint")
@@ -182,8 +215,10 @@ def test_nan_steps_are_skipped_then_abort(lane):
     assert "2 consecutive steps with NaN/Inf" in proc.stderr
 
 
-@pytest.mark.parametrize("case", [pytest.param(i, marks=pytest.mark.lane(f"e2e.bad_config.{i}"), id=override)
-                                  for i, (override, _) in enumerate(BAD_CONFIGS)])
+@pytest.mark.parametrize("case", [
+    pytest.param(i, id=override, marks=[pytest.mark.lane(f"e2e.bad_config.{i}"),
+                                        *([needs_shared] if str(MIRROR) in override else [])])
+    for i, (override, _) in enumerate(BAD_CONFIGS)])
 def test_bad_config_fails_before_heavy_work(lane, case):
     proc = lane.result(f"e2e.bad_config.{case}")
     assert proc.returncode != 0
@@ -204,6 +239,8 @@ def test_validation_during_training_and_eval_command(lane):
     assert 0.0 <= row["eval/tiny_arith/mean@8"] <= 1.0
     assert row["eval/tiny_arith/maj@8"] > 0.0  # bare-digit answers vote through the reward's fallback
     assert (tmp_path / "eval" / "step_000002.md").is_file()
+    val = [(r["step"], r["kind"]) for r in read_samples(tmp_path) if r["kind"] != "train"]
+    assert val == [(0, "val/tiny_arith")] * 4 + [(2, "val/tiny_arith")] * 4
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     # the checkpoint's weights, evaluated through the refit, give the same mean@8 as in training
     report = json.loads((tmp_path / "report" / "eval.json").read_text())["metrics"]
