@@ -12,7 +12,7 @@ import argparse
 import logging
 import sys
 
-from megatron_grpo.config import ConfigError, load_config
+from megatron_grpo.config import ConfigError, check_training, load_config
 from megatron_grpo.convert.cli import add_convert_arguments, run_convert
 from megatron_grpo.data import DataError
 from megatron_grpo.data.prepare import add_data_arguments
@@ -31,6 +31,7 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 def _train(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + ([f"trainer.run_dir={args.run_dir}"] if args.run_dir else [])
     cfg = load_config(args.config, overrides)  # config errors before the heavy imports
+    check_training(cfg)
     from megatron_grpo.trainer.loop import train
 
     return train(cfg, cfg.trainer.run_dir)

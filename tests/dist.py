@@ -3,7 +3,8 @@
 The ranks fork from a forkserver that has imported torch, Megatron-Core and the policy once for the whole
 session: a fresh interpreter spends seconds on those imports, which most of these cases would otherwise
 pay per rank. ``fresh=True`` starts each rank as a new interpreter instead, for a case that needs the
-environment read at process start (glibc's malloc settings)."""
+environment read at process start (glibc's malloc settings) or a normal interpreter exit (forked ranks end
+with ``os._exit``, which runs no C++ destructor: vLLM's CPU TP all-reduce would leave its /dev/shm segment)."""
 
 from __future__ import annotations
 

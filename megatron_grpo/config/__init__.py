@@ -6,6 +6,7 @@ Checks that need the world size (TP x PP dividing it) run in ``check_world``, at
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from megatron_grpo.config.trainer import CheckpointConfig, LoggingConfig, Traine
 __all__ = [
     "AlgoConfig", "CheckpointConfig", "Config", "ConfigError", "DataConfig", "EvalConfig", "EvalSetConfig",
     "LoggingConfig", "ModelConfig", "OptimizerConfig", "ParallelConfig", "RewardConfig", "RolloutConfig",
-    "SamplingConfig", "TrainerConfig", "check_world", "dump_yaml", "load_config", "to_dict",
+    "SamplingConfig", "TrainerConfig", "check_training", "check_world", "dump_yaml", "load_config", "to_dict",
 ]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "assets" / "tiny_cpu.yaml"
@@ -47,6 +48,32 @@ class Config:
         _check_overlong(self)
         _check_staleness(self)
         _check_routing_replay(self)
+        _check_validation(self)
+        _check_optional_packages(self)
+
+
+def _check_validation(cfg: Config) -> None:
+    """Validation that could only fail hours in, at its first run."""
+    if cfg.eval.sets and cfg.eval.k > cfg.rollout.val.n:
+        raise ConfigError(f"eval.k: {cfg.eval.k} exceeds the samples drawn per problem, rollout.val.n = "
+                          f"{cfg.rollout.val.n}")
+    if not cfg.eval.sets and (cfg.trainer.test_freq or cfg.trainer.val_before_train):
+        asked = f"test_freq: {cfg.trainer.test_freq}" if cfg.trainer.test_freq else "val_before_train: true"
+        raise ConfigError(f"trainer.{asked} asks for validation, but eval.sets is empty: add sets, or set "
+                          "trainer.test_freq: 0 and trainer.val_before_train: false")
+
+
+def _check_optional_packages(cfg: Config) -> None:
+    """An optional sink the run would only reach after building everything else."""
+    if cfg.logging.wandb and importlib.util.find_spec("wandb") is None:
+        raise ConfigError("logging.wandb: true, but the wandb package is not installed "
+                          "(pip install -e '.[wandb]')")
+
+
+def check_training(cfg: Config) -> None:
+    """What a training run needs beyond a valid config (``eval`` and ``plan`` do without it)."""
+    if not cfg.data.train_files:
+        raise ConfigError("data.train_files: empty; training needs at least one file")
 
 
 def _check_training_rollouts(cfg: Config) -> None:

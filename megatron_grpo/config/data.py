@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from megatron_grpo.config.loader import ConfigError
+from megatron_grpo.config.loader import ConfigError, check_seed
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class DataConfig:
     listing them, or are skipped and counted in the load report."""
 
     def validate(self) -> None:
+        check_seed(self.seed)
         if self.batch_prompts < 1:
             raise ConfigError(f"batch_prompts: must be >= 1, got {self.batch_prompts}")
         empty = [i for i, p in enumerate(self.train_files) if not p.strip()]
@@ -65,6 +66,7 @@ class EvalConfig:
     """Sampling seed given to the rollout engine for evaluation."""
 
     def validate(self) -> None:
+        check_seed(self.seed)
         if self.k < 1:
             raise ConfigError(f"k: must be >= 1, got {self.k}")
         if self.max_problems is not None and self.max_problems < 1:

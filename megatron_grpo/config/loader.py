@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -22,6 +23,12 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A config value is unknown, mistyped or inconsistent; the message names the key."""
+
+
+def check_seed(seed: int) -> None:
+    """Seeds feed numpy's generators, which take non-negative integers only."""
+    if seed < 0:
+        raise ConfigError(f"seed: must be >= 0, got {seed}")
 
 
 def _hint(key: str, options: list[str]) -> str:
@@ -38,6 +45,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
+        present = [a for a in args if a is not type(None)]
+        if len(present) == 1:  # ``X | None``: X's own message
+            return _coerce(value, present[0], key)
         for arg in args:
             if arg is type(None):
                 continue
@@ -66,6 +76,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
+        if not math.isfinite(value):  # YAML's .nan and .inf slip past every range check
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):

@@ -98,3 +98,7 @@ class OptimizerConfig:
             raise ConfigError("adam_beta1/adam_beta2: must be in [0, 1)")
         if self.warmup_steps < 0 or self.grad_clip < 0 or self.weight_decay < 0:
             raise ConfigError("warmup_steps, grad_clip and weight_decay must be >= 0")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ConfigError(f"min_lr: must be in [0, lr = {self.lr}], got {self.min_lr}")
+        if self.adam_eps <= 0:
+            raise ConfigError(f"adam_eps: must be > 0 (it keeps Adam's denominator off zero), got {self.adam_eps}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from megatron_grpo.config.loader import ConfigError
+from megatron_grpo.config.loader import ConfigError, check_seed
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,7 @@ class RolloutConfig:
         return "bf16" if platform.accelerated() else policy_dtype
 
     def validate(self) -> None:
+        check_seed(self.seed)
         if self.max_prompt_length < 1 or self.max_model_len < 1:
             raise ConfigError("max_prompt_length/max_model_len: must be >= 1")
         for name, s in (("train", self.train), ("val", self.val)):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from megatron_grpo.config.loader import ConfigError
+from megatron_grpo.config.loader import ConfigError, check_seed
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class TrainerConfig:
     """Abort after this many consecutive steps with NaN/Inf loss or gradient."""
 
     def validate(self) -> None:
+        check_seed(self.seed)
         if self.total_epochs < 1:
             raise ConfigError("total_epochs: must be >= 1")
         if self.max_steps is not None and self.max_steps < 1:

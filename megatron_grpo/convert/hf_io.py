@@ -56,6 +56,11 @@ class HFCheckpoint(Mapping[str, torch.Tensor]):
         with safe_open(self._files[name], framework="pt") as handle:
             return tuple(handle.get_slice(name).get_shape())
 
+    def dtype(self, name: str) -> str:
+        """The tensor's safetensors dtype (``F32``, ``BF16``, ``I64``...), from the header alone."""
+        with safe_open(self._files[name], framework="pt") as handle:
+            return handle.get_slice(name).get_dtype()
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._files)
 

@@ -20,13 +20,21 @@ class ConvertError(RuntimeError):
     """A conversion produced or was given bad weights; the message names the tensor."""
 
 
+FLOAT_DTYPES = ("F32", "BF16", "F16", "F64")  # safetensors' names
+
+
 def check_hf_checkpoint(hf: HFCheckpoint, arch: ModelArch) -> None:
-    """Every expected tensor present with the expected shape, read from the headers only (no data)."""
+    """Every expected tensor present with the expected shape and a floating-point dtype, read from the
+    headers only (no data)."""
     check_hf_names(set(hf), arch, str(hf.directory))
     for name, expected in hf_layout(arch).items():
         shape = hf.shape(name)
         if shape != expected:
             raise MappingError(f"{hf.directory}: tensor '{name}' has shape {shape}, expected {expected}")
+        dtype = hf.dtype(name)
+        if dtype not in FLOAT_DTYPES:
+            raise MappingError(f"{hf.directory}: tensor '{name}' has dtype {dtype}, expected one of "
+                               f"{', '.join(FLOAT_DTYPES)}")
 
 
 @dataclass

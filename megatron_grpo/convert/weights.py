@@ -99,6 +99,9 @@ def load_hf_weights(chunks: list[torch.nn.Module], arch: ModelArch, source: Mapp
                 raise MappingError(
                     f"{where}: tensor '{hf_name}' has shape {tuple(tensor.shape)}, expected {layout[hf_name]}"
                 )
+            if not tensor.is_floating_point():
+                raise MappingError(f"{where}: tensor '{hf_name}' has dtype {tensor.dtype}, expected a floating-point "
+                                   "dtype (fp32, bf16 or fp16)")
             tensors.append(tensor)
         local = shard(match.rule.kind, fuse(match.rule.kind, tensors, arch), *_tp(match), padded_vocab)
         if local.shape != param.shape:

@@ -45,9 +45,13 @@ def build_dataset(records: list[PromptRecord], tokenizer: ChatTokenizer, cfg: Da
     ``max_prompt_length`` tokens are dropped (verl's filter_overlong_prompts). Returns the dataset and
     how many were dropped."""
     texts = [apply_template(r, cfg.prompt_template) for r in records]
-    ids = encode_prompts(texts, tokenizer, cfg.chat_template, cfg.enable_thinking)
+    # A text longer than max_prompt_length of the vocabulary's longest tokens cannot fit: it is dropped
+    # untokenized (a 10 MB prompt would take the tokenizer seconds).
+    limit = None if max_prompt_length is None else max_prompt_length * max(map(len, tokenizer.get_vocab()))
+    kept = [(r, t) for r, t in zip(records, texts, strict=True) if limit is None or len(t) <= limit]
+    ids = encode_prompts([t for _, t in kept], tokenizer, cfg.chat_template, cfg.enable_thinking)
     items = [
-        PromptItem(r, t, p) for r, t, p in zip(records, texts, ids, strict=True)
+        PromptItem(r, t, p) for (r, t), p in zip(kept, ids, strict=True)
         if max_prompt_length is None or len(p) <= max_prompt_length
     ]
     return PromptDataset(items), len(records) - len(items)

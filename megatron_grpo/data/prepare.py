@@ -136,6 +136,13 @@ def _source_label(columns: Columns, record: PromptRecord, name: str) -> str:
     return f"{name} {record.index}"
 
 
+def _first_per_index(records: list[PromptRecord]) -> list[PromptRecord]:
+    first: dict[str, PromptRecord] = {}
+    for r in records:
+        first.setdefault(r.index, r)
+    return list(first.values())
+
+
 def load_source(source: Source, from_dir: Path | None) -> tuple[list[PromptRecord], Columns, str]:
     """Records of one dataset, the columns they came from, and where from (a file, or repo@revision)."""
     if from_dir is not None:
@@ -152,8 +159,7 @@ def load_source(source: Source, from_dir: Path | None) -> tuple[list[PromptRecor
         columns[truth] = [canonical_answer(v) for v in columns[truth]]
     records, _ = columns_records(columns, origin, "reject", source.name)
     if source.dedup_by_index:
-        seen: set[str] = set()
-        records = [r for r in records if not (r.index in seen or seen.add(r.index))]
+        records = _first_per_index(records)
     if len(records) != source.rows:
         log.warning("%s: %d rows, expected %d at %s", source.name, len(records), source.rows, origin)
     return records, columns, origin

@@ -35,10 +35,14 @@ def read_columns(path: Path) -> Columns:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     if path.suffix == ".parquet":
-        return _parquet_columns(path)
-    if path.suffix in (".jsonl", ".json"):
-        return _jsonl_columns(path)
-    raise DataError(f"{path}: unsupported file type '{path.suffix}' (expected .parquet or .jsonl)")
+        columns = _parquet_columns(path)
+    elif path.suffix in (".jsonl", ".json"):
+        columns = _jsonl_columns(path)
+    else:
+        raise DataError(f"{path}: unsupported file type '{path.suffix}' (expected .parquet or .jsonl)")
+    if not any(columns.values()):
+        raise DataError(f"{path}: no rows (an empty file)")
+    return columns
 
 
 def _parquet_columns(path: Path) -> Columns:
@@ -58,7 +62,12 @@ def table_columns(table: pa.Table) -> Columns:
 
 def _jsonl_columns(path: Path) -> Columns:
     rows: list[dict[str, Any]] = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for line_no, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: line {line_no}: not UTF-8 (byte 0x{raw[exc.start]:02x} at column "
+                            f"{exc.start + 1}); JSON Lines files are UTF-8") from None
         if not line.strip():
             continue
         try:

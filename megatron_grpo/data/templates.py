@@ -29,6 +29,8 @@ class ChatTokenizer(Protocol):
 
     def __call__(self, text: list[str], **kwargs) -> dict[str, list[list[int]]]: ...
 
+    def get_vocab(self) -> dict[str, int]: ...
+
 
 def extract_problem(text: str) -> str:
     """The problem inside ``text``: the DAPO wrapping or the boxed suffix removed, else ``text``."""

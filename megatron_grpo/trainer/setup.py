@@ -64,11 +64,18 @@ class Run:
         return DTYPES[self.cfg.rollout.engine_dtype(self.cfg.model.dtype)]
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
 def load_tokenizer(cfg: Config, arch: ModelArch):
     from transformers import AutoTokenizer
 
     if not cfg.model.tokenizer:
         raise ConfigError("model.tokenizer: required (an HF tokenizer directory)")
+    directory = Path(cfg.model.tokenizer)
+    if not directory.is_dir() or not any((directory / f).is_file() for f in TOKENIZER_FILES):
+        what = "has none of the tokenizer files" if directory.is_dir() else "is not a directory"
+        raise ConfigError(f"model.tokenizer: {directory} {what} (expected one of {', '.join(TOKENIZER_FILES)})")
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer)
     if len(tokenizer) > arch.vocab_size:
         raise ConfigError(
@@ -102,8 +109,10 @@ def build_run(cfg: Config, run_dir: Path) -> Run:
     hf_weights = None
     if cfg.model.hf_checkpoint:
         from megatron_grpo.convert.hf_io import HFCheckpoint
+        from megatron_grpo.convert.verify import check_hf_checkpoint
 
         hf_weights = HFCheckpoint(cfg.model.hf_checkpoint)
+        check_hf_checkpoint(hf_weights, arch)  # names, shapes, dtypes from the headers, before the model is built
     policy = MegatronPolicy(arch, cfg.model, cfg.parallel, cfg.optim, total_steps, hf_weights, cfg.trainer.seed)
     # the initial weights, taken before a checkpoint is loaded: a resumed run's reference is the same
     reference = ReferencePolicy(policy.model) if cfg.algo.kl_coef > 0 else None

@@ -10,6 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from megatron_grpo.config import ConfigError
 from megatron_grpo.convert.cli import main
+from megatron_grpo.convert.hf_io import HFCheckpointError
 from megatron_grpo.convert.importer import import_hf
 from megatron_grpo.convert.mapping import MappingError
 from megatron_grpo.convert.verify import ConvertError, ExportCheck
@@ -43,6 +44,22 @@ def test_wrong_shape_is_named(hf_dir, tmp_path):
     with pytest.raises(MappingError, match=r"'model\.layers\.0\.self_attn\.k_proj\.weight' has shape \(16, 64\), "
                                            r"expected \(32, 64\)"):
         import_hf(hf_dir, tmp_path / "out")
+
+
+def test_wrong_dtype_is_named(hf_dir, tmp_path):
+    _edit_weights(hf_dir, lambda t: t.update({"model.norm.weight": t["model.norm.weight"].to(torch.int32)}))
+    with pytest.raises(MappingError, match=r"'model\.norm\.weight' has dtype I32, expected one of F32, BF16"):
+        import_hf(hf_dir, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_shard_is_named(tmp_path):
+    save_hf_dir(tmp_path / "hf", tie=False, max_shard_size="100KB")
+    index = json.loads((tmp_path / "hf" / "model.safetensors.index.json").read_text())
+    shard = sorted(set(index["weight_map"].values()))[-1]
+    (tmp_path / "hf" / shard).unlink()
+    with pytest.raises(HFCheckpointError, match=rf"shard {shard} \(holding '.+'\) is missing"):
+        import_hf(tmp_path / "hf", tmp_path / "out")
 
 
 def test_unknown_architecture_is_named(hf_dir, tmp_path, capsys):

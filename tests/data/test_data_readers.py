@@ -111,9 +111,42 @@ def test_invalid_jsonl_line_and_unknown_extension(tmp_path):
         read_records(csv)
 
 
+def test_a_non_utf8_row_is_named_by_line_and_byte(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b'{"problem": "a", "answer": "1"}\n{"problem": "caf\xe9", "answer": "2"}\n')
+    with pytest.raises(DataError, match=r"latin1\.jsonl: line 2: not UTF-8 \(byte 0xe9 at column 17\)"):
+        read_records(path)
+
+
+@pytest.mark.parametrize("name", ["empty.jsonl", "empty.parquet", "blank.jsonl"])
+def test_an_empty_file_is_named(tmp_path, name):
+    path = tmp_path / name
+    if name == "empty.parquet":
+        pq.write_table(pa.table({"prompt": pa.array([], pa.string()), "ground_truth": pa.array([], pa.string())}), path)
+    else:
+        path.write_text("" if name == "empty.jsonl" else "\n  \n")
+    with pytest.raises(DataError, match=rf"{name}: no rows \(an empty file\)"):
+        read_records(path)
+
+
 @pytest.fixture(scope="module")
 def tokenizer():
     return qwen3_tokenizer()
+
+
+def test_a_10mb_prompt_is_dropped_as_too_long_without_tokenizing_it(tmp_path, tokenizer, monkeypatch):
+    """Longer, in characters, than max_prompt_length of the vocabulary's longest tokens: it cannot fit."""
+    path = tmp_path / "huge.jsonl"
+    rows = [{"problem": "x " * (5 << 20), "answer": "1"}, {"problem": "What is 1+1?", "answer": "2"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    encoded = []
+    real = tokenizer.__class__.__call__
+    monkeypatch.setattr(tokenizer.__class__, "__call__", lambda self, texts, **kw: encoded.extend(texts) or
+                        real(self, texts, **kw))
+    dataset, report = load_train_dataset(DataConfig(train_files=[str(path)], prompt_template="boxed"), tokenizer,
+                                         max_prompt_length=1024)
+    assert [it.record.ground_truth for it in dataset.items] == ["2"] and report.too_long == 1
+    assert max(map(len, encoded)) < 1000   # the 10 MB text never reached the tokenizer
 
 
 def test_too_long_prompts_are_dropped_and_counted(tmp_path, tokenizer):

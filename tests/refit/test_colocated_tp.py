@@ -70,7 +70,9 @@ def _worker(model_dir: str) -> dict:
 def ranks(tmp_path_factory) -> list[dict]:
     path = tmp_path_factory.mktemp("tp2_engine")
     (path / "config.json").write_text(json.dumps(model_config(True)))  # dummy weights: the refit brings them
-    return run_distributed(_worker, 2, str(path), timeout=600)
+    # fresh interpreters: vLLM's CPU all-reduce for TP > 1 keeps its shared memory (/dev/shm) in a C++ object
+    # that only a normal interpreter exit unlinks, and forked ranks end with os._exit
+    return run_distributed(_worker, 2, str(path), timeout=600, fresh=True)
 
 
 def test_each_rank_holds_half_of_the_engine(ranks):

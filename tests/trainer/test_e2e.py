@@ -112,10 +112,12 @@ def test_tiny_default_learns(lane):
     assert row["rollout/logprob_abs_diff"] < 1e-4  # the refit really put the trained weights in the engine
     assert all(r["refit/checksum_ok"] == 1.0 for r in read_metrics(tmp_path))
     assert (tmp_path / "config.yaml").is_file() and json.loads((tmp_path / "versions.json").read_text())["torch"]
-    # samples.jsonl: every 10 steps (logging.samples_every), the first response to 4 prompts
-    samples = read_samples(tmp_path)
+    # samples.jsonl: every 10 steps (logging.samples_every), the first response to 4 prompts; and the
+    # validation's own at step 50 (trainer.test_freq)
+    samples = [r for r in read_samples(tmp_path) if r["kind"] == "train"]
     assert [r["step"] for r in samples] == [s for s in range(10, 81, 10) for _ in range(4)]
-    assert all(r["kind"] == "train" and r["length"] == 1 and r["reward"] in (0.0, 1.0) for r in samples)
+    assert all(r["length"] == 1 and r["reward"] in (0.0, 1.0) for r in samples)
+    assert [r["step"] for r in read_samples(tmp_path) if r["kind"] == "val/tiny_arith"] == [50] * 4
     last = samples[-4:]   # the tiny task answers with one digit, which the reward's fallback extracts
     assert [r["reward"] == 1.0 for r in last] == [r["answer"] == r["ground_truth"] for r in last]
 
