@@ -37,7 +37,6 @@ from megatron_grpo.checkpoint.files import (
     write_manifest,
     write_trainer_state,
 )
-from megatron_grpo.children import die_with_parent
 from megatron_grpo.convert.weights import unwrap
 
 FORMAT_VERSION = 1
@@ -174,7 +173,7 @@ class CheckpointWriter:
         request = dist_checkpointing.save(_sharded_state(chunks, optimizer, is_loading=False), str(tmp),
                                           async_sharded_save=True)
         request.add_finalize_fn(lambda: _publish(root, tmp, final, state, keep_last))
-        self._queue.schedule_async_request(request._replace(async_fn=_dies_with_trainer(request.async_fn)))
+        self._queue.schedule_async_request(request)  # a forked writer, which dies with the trainer (platform)
         self._pending = (root, tmp, final)
         if wait:
             self.finish()
@@ -202,18 +201,6 @@ class CheckpointWriter:
             self._blocked += time.perf_counter() - start
         if done:
             self._pending = None
-
-
-def _dies_with_trainer(fn):
-    """The forked writer is killed with the trainer (a SIGKILLed trainer left it writing on): the half-written
-    directory is never published, and the next save of that step starts it afresh."""
-    if fn is None:
-        return None
-
-    def write(*args, **kwargs):
-        die_with_parent()
-        return fn(*args, **kwargs)
-    return write
 
 
 def _begin(root: str | Path, step: int) -> tuple[Path, Path, Path]:

@@ -14,8 +14,8 @@ class TrainerConfig:
     total_epochs: int = 1
     max_steps: int | None = None
     """Stop after this many steps (``None`` = run ``total_epochs``)."""
-    test_freq: int = 20
-    """Validate every N steps (0 = never)."""
+    test_freq: int = 0
+    """Validate every N steps on ``eval.sets`` (0 = never, the default; the reference config: 20)."""
     val_before_train: bool = False
     """Validate the initial weights, logged as step 0, when a run starts (not when it resumes); verl's
     default is on."""

@@ -6,7 +6,8 @@ process from ``platform.setup_platform``. On CUDA with Transformer Engine nothin
   the platform's device;
 * no Transformer Engine / apex: the local layers' gaps (sequence-parallel norms, the grad-norm fallback);
 * the ``meta`` stand-in: what cannot run on data-less tensors under a fake process group;
-* every platform: Megatron's checkpoint writer leaves no process behind a killed trainer.
+* every platform: Megatron's checkpoint writer leaves no process behind a killed trainer (its manager, and
+  every process it forks: ``children.forked_children_die_with_parent``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from multiprocessing.managers import SyncManager
 import torch
 from torch.overrides import TorchFunctionMode
 
-from megatron_grpo.children import die_with_parent
+from megatron_grpo.children import die_with_parent, forked_children_die_with_parent
 from megatron_grpo.platform import FAKE_BACKEND
 
 _TYPE_PREFIXES = ("torch.meta.", "torch.")
@@ -25,6 +26,7 @@ _TYPE_PREFIXES = ("torch.meta.", "torch.")
 
 def apply(kind: str) -> None:
     _checkpoint_writer_manager_dies_with_its_process()
+    forked_children_die_with_parent()
     _allow_sequence_parallel_torch_norm()
     _device_side_grad_norm()
     _router_gemm_without_te()

@@ -105,7 +105,7 @@ def build_run(cfg: Config, run_dir: Path) -> Run:
     dataset, _ = load_train_dataset(cfg.data, tokenizer, cfg.rollout.max_prompt_length)
     sampler = PromptSampler.from_config(cfg.data, len(dataset))
     total_steps = min(cfg.trainer.max_steps or 10**9, sampler.steps_per_epoch * cfg.trainer.total_epochs)
-    eval_sets = _eval_sets(cfg, tokenizer) if cfg.trainer.test_freq else []
+    eval_sets = _eval_sets(cfg, tokenizer) if cfg.trainer.test_freq or cfg.trainer.val_before_train else []
     hf_weights = None
     if cfg.model.hf_checkpoint:
         from megatron_grpo.convert.hf_io import HFCheckpoint

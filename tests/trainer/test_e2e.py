@@ -81,7 +81,8 @@ LANE = {
     "e2e.killed_before_first_checkpoint": _killed_before_first_checkpoint,
     "e2e.sigterm": lambda d: stop_with_sigterm(d, ["trainer.max_steps=200", "checkpoint.save_freq=0"]),
     "e2e.kill9_async": lambda d: kill_and_resume(d, [*KILL9, *ASYNC], kills=2, last_step=6, seed=5),
-    "e2e.sigterm_async": lambda d: stop_with_sigterm(d, ["trainer.max_steps=200", *ASYNC]),
+    "e2e.sigterm_async": lambda d: stop_with_sigterm(d, ["trainer.max_steps=200", *ASYNC, "trainer.test_freq=0",
+                                                         "trainer.val_before_train=true"]),
     "e2e.one_process": lambda d: train(d, *TWO_VS_ONE, "parallel.tensor=1"),
     "e2e.nan_skip": lambda d: train(d, "trainer.max_steps=3", "checkpoint.save_freq=0", nan_steps="2"),
     "e2e.nan_abort": lambda d: train(d, "trainer.max_steps=6", "checkpoint.save_freq=0",
@@ -146,7 +147,9 @@ def test_sigterm_waits_for_the_async_write_then_saves_and_exits_for_requeue(lane
     code, err = lane.result("e2e.sigterm_async")
     root = lane.root / "e2e.sigterm_async" / "checkpoints"
     assert code == EXIT_REQUEUE, err[-3000:]
-    last = read_metrics(lane.root / "e2e.sigterm_async")[-1]["step"]
+    rows = read_metrics(lane.root / "e2e.sigterm_async")
+    assert rows[0]["step"] == 0 and "eval/tiny_arith/mean@8" in rows[0]  # val_before_train without test_freq
+    last = rows[-1]["step"]
     latest = latest_checkpoint(root)
     assert latest.name == f"step_{last}" and read_trainer_state(latest)["step"] == last
     verify_checkpoint(latest)  # every file whole: the write finished before the exit
