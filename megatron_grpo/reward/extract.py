@@ -29,20 +29,43 @@ DEFAULT_TAIL_CHARS = 4096
 MAX_JOINED_BOXES = 8
 
 # Disjoint character classes keep the match linear; one line break may follow the colon.
-_ANSWER_LINE = re.compile(r"answer\**[ \t]*:[ \t*]*(?:\n[ \t*]*)?([^\s*][^\n]*)", re.IGNORECASE)
+# "Answer:" opening a line or a sentence, after at most "the"/"my"/"final"/"correct" ("Let me check the
+# answer: 12 = 3 * 4" is no answer line); GSM8K's "#### 42" is one too
+_ANSWER_LINE = re.compile(
+    r"(?:(?:^|(?<=\n)|(?<=[.!?$)]\s))[ \t>*#-]*(?:(?:the|my|final|correct)[ \t*]+){0,2}answer\**[ \t]*[:：]"
+    r"|^####|(?<=\n)####)[ \t*]*(?:\n[ \t*]*)?([^\s*][^\n]*)", re.IGNORECASE)
+# lenient only (contested, docs/reward.md): the same line with a Chinese, French, Spanish, Portuguese,
+# German, Italian or Russian marker
+_FOREIGN_ANSWER_LINE = re.compile(
+    r"(?:最终答案|答案|réponse|respuesta|resposta|antwort|risposta|ответ)\**[ \t]*(?:[:：是为]|est|es|ist|è)"
+    r"[ \t*]*(?:\n[ \t*]*)?([^\s*][^\n]*)", re.IGNORECASE)
+# a chat-template token ("<|im_end|>", "<|im_start|>", "</s>") ends the turn: what follows is not the response
+_END_OF_TURN = re.compile(r"<\|[^|<>\s]{1,40}\|>|<｜[^｜<>\s]{1,40}｜>|</s>|<eos>|<end_of_turn>")
 _BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
 _BRACE_OPEN = re.compile(r"[ \t]*\{")
 _BARE_BOX_ARG = re.compile(r"[ \t]+([^\s$]+)")
 _NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
 # Minerva's answer line: "Final Answer: The final answer is $24$. I hope it is correct."
-_MINERVA = re.compile(r"^(?:the\s+)?final\s+answer\s+is\s*:?\s*(.*?)\s*(?:\.?\s*I\s+hope\s+it\s+is\s+correct\.?)?$",
-                      re.IGNORECASE)
+_MINERVA = re.compile(
+    r"^(?:the\s+)?final\s+answer\s+is\s*:?\s*(.*?)\s*(?:\.?\s*I\s+hope\s+it\s+is\s+correct\b.*)?$", re.IGNORECASE)
 # lenient only: "the answer is X" sentences (X up to the sentence's end), and display math ending the text
-_ANSWER_SENTENCE = re.compile(r"\banswer\s+is\s*:?\s*(\$[^$\n]{1,200}\$|[^\s$][^\n]{0,200}?)(?=\.?\s*(?:\n|$)|\.\s)",
-                              re.IGNORECASE)
-_TRAILING_DISPLAY = re.compile(r"(?:\\\[([^\n]{1,200}?)\\\]|\$\$([^$]{1,200}?)\$\$)\s*\.?\s*$")
-# what may stand between boxes that answer together, on one line: commas, "and"/"or", math delimiters
-_BOX_JOINER = re.compile(r"[ \t$,;]*(?:(?:\\text\s*\{\s*(?:and|or)\s*\}|and|or)[ \t$,;]*)?")
+_ANSWER_SENTENCE = re.compile(
+    r"\banswer\s+is\s*:?\s*(\$[^$\n]{1,200}\$|[^\s$][^\n]{0,200}?)(?=\.?\s*(?:\n|$)|\.\s)"
+    r"|(\$[^$\n]{1,200}\$|[^\s$]{1,40}) is (?:the|our) (?:final )?answer\b", re.IGNORECASE)
+_TRAILING_DISPLAY = re.compile(r"(?:\\\[([^\]]{1,200}?)\\\]|\$\$([^$]{1,200}?)\$\$)\s*\.?\s*$")
+# lenient only, the last resorts: inline math closing the last line ("Therefore $x \ge 5$ is the solution."),
+# a last sentence "... is X." with a short X, and a response that is nothing but an answer ("$-5$", "28 percent")
+_CLOSING_INLINE_MATH = re.compile(
+    r"(?:\$([^$\n]{1,200})\$|\\\(([^\n]{1,200}?)\\\))(?:[ \t]*[a-zA-Z,.;:!]+){0,6}[ \t.!]*$")
+_IS = re.compile(r"(?:\bis|\bare|\bequals|=)\s+")
+_CLOSING_WORDS = 40
+_WORD = re.compile(r"[a-zA-Z]{2,}")
+_LEADING_CHOICE = re.compile(r"^\(?([A-E])\)?[.:]\s")  # "A. Because B is not valid"
+_MATH_JOINER = re.compile(r"\s*(?:,|;|,?\s*(?:and|or))\s*")
+_INLINE_MATH = re.compile(r"\$[^$]*\$|\\\(.*?\\\)")
+# what may stand between boxes that answer together, on one line: commas, "and"/"or", spacing, math delimiters
+_SPACE = r"(?:[ \t$,;.]|\\q?quad|\\[,;:! ]|\\[()\[\]])*"
+_BOX_JOINER = re.compile(_SPACE + r"(?:(?:\\text\s*\{\s*(?:and|or)\s*\}|and|or)" + _SPACE + r")?(?:[a-zA-Z]\s*=\s*)?")
 
 
 def extract_answer(
@@ -53,11 +76,16 @@ def extract_answer(
         raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    tail = response[-tail_chars:]
-    box = _last_boxes(tail) if mode == "lenient" else _last_box(tail)
-    candidates = [c for c in (_last_answer_line(tail), box) if c is not None]
-    if not candidates and mode == "lenient":
+    end = _END_OF_TURN.search(response)
+    tail = response[:end.start() if end else len(response)][-tail_chars:]
+    lenient = mode == "lenient"
+    box = _last_boxes(tail) if lenient else _last_box(tail)
+    lines = (_last_answer_line(tail, _ANSWER_LINE), _last_answer_line(tail, _FOREIGN_ANSWER_LINE) if lenient else None)
+    candidates = [c for c in (*lines, box) if c is not None]
+    if not candidates and lenient:
         candidates = [c for c in (_last_answer_sentence(tail), _trailing_display(tail)) if c is not None]
+    if not candidates and lenient:
+        candidates = [c for c in (_closing_statement(tail),) if c is not None]
     if candidates:
         _, answer = max(candidates)
         return answer or None
@@ -66,19 +94,59 @@ def extract_answer(
     return None
 
 
-def _last_answer_line(text: str) -> tuple[int, str] | None:
+def _last_answer_line(text: str, pattern: re.Pattern[str]) -> tuple[int, str] | None:
     """(position, content) of the last ``Answer: ...`` match."""
-    match = _last_match(_ANSWER_LINE, text)
+    match = _last_match(pattern, text)
     if match is None:
         return None
     content = match.group(1).strip().rstrip("*").strip()
     minerva = _MINERVA.match(content)
-    return match.start(), minerva.group(1) if minerva else content
+    if minerva:
+        return match.start(), minerva.group(1)
+    if len(_WORD.findall(_INLINE_MATH.sub(" ", content))) >= 3:  # a sentence: "The largest $n$ is 34."
+        closing = _closing_is(content)
+        if closing:
+            return match.start(), closing[1]
+    return match.start(), content
 
 
 def _last_answer_sentence(text: str) -> tuple[int, str] | None:
     match = _last_match(_ANSWER_SENTENCE, text)
-    return None if match is None else (match.start(), match.group(1).strip())
+    return None if match is None else (match.start(), (match.group(1) or match.group(2)).strip())
+
+
+def _closing_statement(text: str) -> tuple[int, str] | None:
+    """The answer a response ends on without marking it: the whole response when it is only an answer
+    (at most two words outside math), else inline math closing the last line, else "... is X." there."""
+    text = text.rstrip()
+    line_start = text.rfind("\n") + 1
+    last_line = text[line_start:]
+    if len(text) <= 200:
+        if len(_WORD.findall(_INLINE_MATH.sub(" ", text))) <= 2:
+            math = _last_match(_INLINE_MATH, text)
+            return 0, math.group(0).strip("$").removeprefix("\\(").removesuffix("\\)").strip() if math else text
+        choice = _LEADING_CHOICE.match(text)
+        if choice:
+            return 0, choice.group(1)
+    match = _CLOSING_INLINE_MATH.search(last_line)
+    if match:
+        start, answers = match.start(), [next(g for g in match.groups() if g is not None).strip()]
+        for before in reversed(list(_INLINE_MATH.finditer(last_line, 0, start))[-MAX_JOINED_BOXES:]):
+            if not _MATH_JOINER.fullmatch(last_line, before.end(), start):
+                break  # "$x = 5$ or $x = -3$" is one answer, "$a$ is $b$" is not
+            start = before.start()
+            answers.insert(0, before.group(0).strip("$").removeprefix("\\(").removesuffix("\\)").strip())
+        return line_start + start, ", ".join(answers)
+    closing = _closing_is(last_line)
+    return None if closing is None else (line_start + closing[0], closing[1])
+
+
+def _closing_is(line: str) -> tuple[int, str] | None:
+    """(position, X) for a line ending "... is X." with a short X holding a number or math."""
+    match = _last_match(_IS, line)
+    value = "" if match is None else line[match.end():].strip().rstrip(".!").strip()
+    mathy = any(c.isdigit() or c in "$\\" for c in value)  # "is not known yet" states no answer
+    return (match.start(), value) if mathy and len(value) <= _CLOSING_WORDS else None
 
 
 def _trailing_display(text: str) -> tuple[int, str] | None:

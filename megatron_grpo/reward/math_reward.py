@@ -47,5 +47,10 @@ def math_reward(
     answer = extract_answer(response, mode=mode, fallback=fallback, tail_chars=tail_chars)
     if answer is None:
         return incorrect_score
-    truth = extract_answer(ground_truth) if "\\boxed" in ground_truth else ground_truth
+    truth = extract_answer(ground_truth, mode="lenient") if _is_solution(ground_truth) else ground_truth
     return correct_score if truth is not None and answers_match(answer, truth) else incorrect_score
+
+
+def _is_solution(ground_truth: str) -> bool:
+    """A ground truth that is a worked solution (MATH stores those) rather than a bare answer."""
+    return "\\boxed" in ground_truth or "\n" in ground_truth.strip() or len(ground_truth) > 200

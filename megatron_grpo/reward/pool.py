@@ -39,7 +39,7 @@ ERROR = "error"
 Result = float | dict[str, float] | str | tuple[str, str]
 _READY = "ready"
 _MAX_CHUNK = 32
-_PRELOAD = ["megatron_grpo.reward"]
+_PRELOAD = ["megatron_grpo.reward", "megatron_grpo.reward.preload"]
 
 
 @dataclass(frozen=True)
@@ -213,6 +213,9 @@ def _serve(conn: Connection) -> None:
     for sig in _STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     import megatron_grpo.reward  # noqa: F401 - registers the built-in rewards, pays the sympy import now
+    from megatron_grpo.reward.symbolic import warm_up
+
+    warm_up()  # the parser's first parses are slow: pay them now (a no-op when forked from a warm forkserver)
 
     conn.send(_READY)
     while True:

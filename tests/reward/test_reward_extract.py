@@ -117,3 +117,60 @@ def test_lenient_mode_joins_only_boxes_that_answer_together(response, expected):
 def test_unknown_mode_is_rejected():
     with pytest.raises(ValueError, match="lenient"):
         extract_answer("7", mode="loose")
+
+
+@pytest.mark.parametrize("mode", ["strict", "lenient"])
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [
+        ("so \\boxed{24}.<|im_end|>\n<|im_start|>user\n\\boxed{3}", "24"),  # a turn ends at its first token
+        ("Answer: 24</s> Answer: 3", "24"),
+        ("Answer: 12\n\nLet me double-check the answer: 12 = 3 \\cdot 4.", "12"),  # not an answer line
+        ("It is 5. The final answer: 7", "7"),
+        ("**Final Answer:** 42", "42"),
+        ("Half of 84 is 42.\n#### 42", "42"),  # GSM8K
+        ("#### 42", "42"),
+        ("Final Answer: The maximum number of points is 19.", "19"),  # an answer line that is a sentence
+        ("Final Answer: The final answer is $28 \\%$. I hope it is correct. Note: checked twice.", "$28 \\%$"),
+    ],
+)
+def test_answer_lines_and_turn_ends(response, expected, mode):
+    assert extract_answer(response, mode=mode) == expected
+
+
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [
+        ("-5", "-5"),  # a response that is only an answer
+        ("$[0,1)$", "[0,1)"),
+        ("28 percent", "28 percent"),
+        ("Answer \\( (9+1) \\)", "(9+1)"),
+        ("Special matrix: $ x^2 $", "x^2"),
+        ("A. Because B is not valid", "A"),
+        ("Therefore $x \\geq 5$ is the solution.", "x \\geq 5"),  # inline math closing the response
+        ("Long work.\nSo the ordered pair $(x, y)$ that solves the system is $(7, 6)$.", "(7, 6)"),
+        ("Long work.\nThe probability that Alice wins is 2/3.", "2/3"),  # "... is X." closing it
+        ("Long work.\nthe number is not 10 which is 1,000.99", "1,000.99"),
+        ("Checking each candidate, only 17 works. So 17 is the answer.", "17"),
+        ("Solving,\n\\[\nx = -\\frac{3}{2}.\n\\]", "x = -\\frac{3}{2}."),  # a display over several lines
+        ("the roots are $x = \\boxed{3}$ and $x = \\boxed{7}$.", "3, 7"),  # boxes joined past "x ="
+        ("\\[ \\boxed{-2} \\quad \\text{and} \\quad \\boxed{1}. \\]", "-2, 1"),
+        ("We tried many things and the sum of the parts is not known yet, so we stop here at last.", None),
+    ],
+)
+def test_lenient_mode_finds_the_answer_a_response_closes_on(response, expected):
+    assert extract_answer(response, mode="lenient") == expected
+    if "boxed" not in response:
+        assert extract_answer(response) is None  # strict never guesses
+
+
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [
+        ("Work.\nTherefore $x = 5$ or $x = -3$.", "x = 5, x = -3"),
+        ("Work.\nThe roots are $2$, $3$, and $5$.", "2, 3, 5"),
+        ("Work.\nWe have $a = 2$ so the total is $7$.", "7"),  # joined only by "and"/"or"/commas
+    ],
+)
+def test_lenient_mode_joins_closing_inline_math(response, expected):
+    assert extract_answer(response, mode="lenient") == expected

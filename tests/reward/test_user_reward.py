@@ -57,7 +57,8 @@ def test_scores_data_sources_and_extra_metrics(scorer):
 
 def test_the_math_grader_still_grades_validation(scorer):
     """Validation asks for the built-in grader: correctness, not the user's reward."""
-    assert scorer.score(["\\boxed{7}", "7"], ["7", "7"], "math", use_function=False, mode="lenient") == [1.0, -1.0]
+    scores = scorer.score(["\\boxed{7}", "\\boxed{8}"], ["7", "7"], "math", use_function=False, mode="lenient")
+    assert scores == [1.0, -1.0]
 
 
 @pytest.mark.parametrize(("response", "kind", "detail"), [
