@@ -43,9 +43,9 @@ _SQRT_SHORTHAND = re.compile(r"\\sqrt\s*(\d+)")
 # A space between two letters/digits separates tokens ("\log_2 8", "\pi r"); elsewhere it is layout.
 _LAYOUT_SPACE = re.compile(r"(?<![a-zA-Z0-9])\s+|\s+(?![a-zA-Z0-9])")
 # a named left side: letters, commands, subscripts, |AB|, ratios (V_1:V_2), f(x); no arithmetic, so
-# "x+y=5" stays an equation
+# "x+y=5" stays an equation. Atomic groups: "\\ab\\ab..." could otherwise split each command 2 ways
 _VARIABLE_PREFIX = re.compile(
-    r"^(?:[a-zA-Z|:{}()]|\\[a-zA-Z]+|_\{?[a-zA-Z0-9]+\}?)+?(?:=|\\approx(?![a-zA-Z])|\\in(?![a-zA-Z]))"
+    r"^(?>[a-zA-Z|:{}()]|\\[a-zA-Z]++|_\{?[a-zA-Z0-9]++\}?)+?(?:=|\\approx(?![a-zA-Z])|\\in(?![a-zA-Z]))"
 )
 _ARTICLE = re.compile(r"^(?:an?|the) (?=\S)")
 _DROPPED = ("\\$", "$", "€", "£", "\\%", "%")  # currency and percent signs; math-mode dollars

@@ -151,3 +151,18 @@ def test_an_unguarded_script_gets_told_to_guard_its_call(tmp_path):
     assert proc.returncode != 0
     assert f"Reward workers import {script} as they start" in proc.stderr, proc.stderr[-2000:]
     assert 'put that under `if __name__ == "__main__":`' in proc.stderr
+
+
+PATHOLOGICAL = {  # each once made a regex backtrack exponentially or could: all must finish unkilled
+    "commands": "\\ab" * 3000, "subscripts": "a_{b}" * 2000, "letters": "x" * 4000, "inequalities": "x<" * 2000,
+    "dollars": "$a$ " * 1000, "is": "is 5 " * 800, "equals": "a=" * 2000, "words": "5 " + "ab " * 1000,
+    "pm": "\\pm" * 1000, "ors": "1 or " * 800, "cells": "\\begin{pmatrix}" + "1&" * 2000 + "\\end{pmatrix}",
+    "negations": "-x>" * 1000, "underscores": "_" * 4000,
+}
+
+
+@pytest.mark.parametrize("text", PATHOLOGICAL.values(), ids=PATHOLOGICAL.keys())
+def test_pathological_answers_are_graded_without_the_time_limit(scorer, text):
+    responses = [f"\\boxed{{{text}}}", text, f"Answer: {text}"]
+    scorer.score(responses, [text[:50]] * 3, mode="lenient")
+    assert scorer.last_stats.timeouts == 0 and scorer.last_stats.crashes == 0 and scorer.last_stats.errors == 0
