@@ -1,14 +1,17 @@
 """Is a predicted answer the same as the ground truth? Cheap tests first, sympy last.
 
 1. equal ``normalize_answer`` keys;
-2. collections (tuples, intervals, sets, bare lists, unions) are split at top-level commas and compared
-   element by element; the brackets must agree exactly, so ``(1,2)`` != ``[1,2]`` != ``(1,2]``.
-   Sets, bare lists (``x = 1, 2``) and unions are unordered; tuples and intervals are ordered;
-3. plain numbers compare exactly as fractions (``"025"`` == ``"25"``, ``"0.5"`` == ``"\\frac{1}{2}"``);
+2. special shapes: a percentage against a plain number (``25\\%`` is 0.25), a choice with its value
+   (``(E) 27``), an equation stating a number (``x^2+y^2=15`` for 15), matrices cell by cell;
+3. collections (tuples, intervals, sets, bare lists, unions, ``a\\pm b``) are split at top-level commas and
+   compared element by element; the brackets must agree exactly, so ``(1,2)`` != ``[1,2]`` != ``(1,2]``.
+   Sets, bare lists (``x = 1, 2``) and unions are unordered, duplicates dropped; named values
+   (``a_3=2, a_{37}=19``) match by name; tuples and intervals are ordered;
+4. plain numbers compare exactly as fractions (``"025"`` == ``"25"``, ``"0.5"`` == ``"\\frac{1}{2}"``);
    a non-integer ground truth accepts a relative error of 1e-6, an integer one none;
-4. text answers (letters only) compare by key only, and a number never equals an expression with a
-   free variable (``"2"`` != ``"2x"``): both without sympy;
-5. otherwise ``symbolic.symbolic_equal``.
+5. text answers (letters only) compare by key only, and a number never equals an expression with a
+   free variable (``"2"`` != ``"2x"``), nor an equation an expression: all without sympy;
+6. otherwise ``symbolic.symbolic_equal``, and equations whole when a ``y=`` was normalized away.
 
 Almost every competition answer is an integer, so steps 1-4 decide nearly all responses in microseconds.
 """

@@ -2,14 +2,17 @@
 
 Two grading modes (``reward.mode``; docs/reward.md):
 
-- ``strict`` (training, as the reference run): the answer must be on DAPO's ``Answer: ...`` line or in the
-  last ``\\boxed{...}`` / ``\\fbox{...}`` (braces matched with nesting and ``\\{``/``\\}`` escapes, plus the
-  brace-less ``\\boxed 5``); whichever occurs *later* wins, so ``Answer: \\boxed{5}`` yields ``5``. Minerva's
-  ``Final Answer: The final answer is $X$. I hope it is correct.`` is an ``Answer:`` line whose answer is X.
+- ``strict`` (training, as the reference run): the answer must be on an answer line (DAPO's ``Answer: ...``,
+  Minerva's ``Final Answer: The final answer is $X$. I hope it is correct.``, whose answer is X, GSM8K's
+  ``#### X``) or in the last ``\\boxed{...}`` / ``\\fbox{...}`` (braces matched with nesting and
+  ``\\{``/``\\}`` escapes, plus the brace-less ``\\boxed 5``); whichever occurs *later* wins, so
+  ``Answer: \\boxed{5}`` yields ``5``.
 - ``lenient`` (evaluation): the same, and several boxes that close the response together (``\\boxed{3},
-  \\boxed{7}``) form one answer, ``3, 7``. Without a box or an ``Answer:`` line it also takes the last
-  "the (final) answer is X" sentence, or a display-math block that ends the response.
+  \\boxed{7}``) form one answer, ``3, 7``. Without a box or an answer line it also takes, in order, the last
+  "the answer is X" sentence, a display-math block ending the response, a response that is only an answer,
+  inline math closing the last line, or a last line ending "... is X.".
 
+A chat-template token (``<|im_end|>``) ends the response in both modes.
 When nothing is found the fallback applies: ``"none"`` gives ``None``; ``"last_number"`` takes the last
 number, for tasks whose responses are a bare number. Only the last ``tail_chars`` characters are searched,
 so the cost is bounded whatever the response length (verl's math_dapo looks at the last 300 characters;
@@ -58,7 +61,7 @@ _TRAILING_DISPLAY = re.compile(r"(?:\\\[([^\]]{1,200}?)\\\]|\$\$([^$]{1,200}?)\$
 _CLOSING_INLINE_MATH = re.compile(
     r"(?:\$([^$\n]{1,200})\$|\\\(([^\n]{1,200}?)\\\))(?:[ \t]*[a-zA-Z,.;:!]+){0,6}[ \t.!]*$")
 _IS = re.compile(r"(?:\bis|\bare|\bequals|=)\s+")
-_CLOSING_WORDS = 40
+_CLOSING_CHARS = 40
 _WORD = re.compile(r"[a-zA-Z]{2,}")
 _LEADING_CHOICE = re.compile(r"^\(?([A-E])\)?[.:]\s")  # "A. Because B is not valid"
 _MATH_JOINER = re.compile(r"\s*(?:,|;|,?\s*(?:and|or))\s*")
@@ -124,7 +127,7 @@ def _closing_statement(text: str) -> tuple[int, str] | None:
     if len(text) <= 200:
         if len(_WORD.findall(_INLINE_MATH.sub(" ", text))) <= 2:
             math = _last_match(_INLINE_MATH, text)
-            return 0, math.group(0).strip("$").removeprefix("\\(").removesuffix("\\)").strip() if math else text
+            return 0, _math_content(math.group(0)) if math else text
         choice = _LEADING_CHOICE.match(text)
         if choice:
             return 0, choice.group(1)
@@ -135,10 +138,15 @@ def _closing_statement(text: str) -> tuple[int, str] | None:
             if not _MATH_JOINER.fullmatch(last_line, before.end(), start):
                 break  # "$x = 5$ or $x = -3$" is one answer, "$a$ is $b$" is not
             start = before.start()
-            answers.insert(0, before.group(0).strip("$").removeprefix("\\(").removesuffix("\\)").strip())
+            answers.insert(0, _math_content(before.group(0)))
         return line_start + start, ", ".join(answers)
     closing = _closing_is(last_line)
     return None if closing is None else (line_start + closing[0], closing[1])
+
+
+def _math_content(math: str) -> str:
+    """``$x$`` or ``\\(x\\)`` without its delimiters."""
+    return math.strip("$").removeprefix("\\(").removesuffix("\\)").strip()
 
 
 def _closing_is(line: str) -> tuple[int, str] | None:
@@ -146,7 +154,7 @@ def _closing_is(line: str) -> tuple[int, str] | None:
     match = _last_match(_IS, line)
     value = "" if match is None else line[match.end():].strip().rstrip(".!").strip()
     mathy = any(c.isdigit() or c in "$\\" for c in value)  # "is not known yet" states no answer
-    return (match.start(), value) if mathy and len(value) <= _CLOSING_WORDS else None
+    return (match.start(), value) if mathy and len(value) <= _CLOSING_CHARS else None
 
 
 def _trailing_display(text: str) -> tuple[int, str] | None:

@@ -2,12 +2,14 @@
 
 ``normalize_answer`` removes what does not change the value (LaTeX spacing and delimiters,
 ``\\left``/``\\right``, ``\\dfrac``, ``\\text{}`` wrappers and trailing units, degrees, percent, thousands
-separators, ``x=`` prefixes, trailing periods) and writes plain numbers canonically
-(``"025"``, ``"25.0"`` -> ``"25"``; ``"0.5"``, ``"\\frac{1}{2}"`` -> ``"1/2"``). Equal keys mean the same
+separators, named left sides such as ``x=``, trailing periods), writes plain numbers canonically
+(``"025"``, ``"25.0"`` -> ``"25"``; ``"0.5"``, ``"\\frac{1}{2}"`` -> ``"1/2"``) and an inequality in one
+variable as its interval (``x>3`` -> ``"(3,\\infty)"``). Equal keys mean the same
 answer, so the key serves maj@k voting and the cheap first test of grading; unequal keys are
 settled by ``equivalence``.
 
-Every step is a regex substitution or a linear scan: no step can blow up on adversarial input.
+Every step is a regex substitution or a linear scan (atomic groups where alternatives could overlap): no
+step can blow up on adversarial input.
 """
 
 from __future__ import annotations
